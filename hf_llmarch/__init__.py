@@ -1,0 +1,58 @@
+"""hf_llmarch: LLM architecture families as first-class transformers models.
+
+`import hf_llmarch` registers every family with the Auto classes and PEFT's default LoRA
+targets; afterwards `AutoModelForCausalLM.from_pretrained(path)` loads our checkpoints.
+"""
+
+import logging
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+)
+
+from .configuration import LlmArchConfig
+from .models import FAMILIES, LlmArchForCausalLM, LlmArchModel
+from .models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM, LlmArchDenseModel
+from .models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM, LlmArchHybridModel
+from .presets import list_presets, load_preset
+
+__version__ = "0.1.0"
+logger = logging.getLogger("hf_llmarch")
+
+# LoRA on every projection a mixer or dense FFN has; routed experts are 3D parameters and stay frozen.
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "g_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _register():
+    for config_cls, base_cls, lm_cls, cls_cls in FAMILIES.values():
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        AutoModel.register(config_cls, base_cls, exist_ok=True)
+        AutoModelForCausalLM.register(config_cls, lm_cls, exist_ok=True)
+        AutoModelForSequenceClassification.register(config_cls, cls_cls, exist_ok=True)
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as lora_targets
+    except ImportError:  # peft is optional at import time
+        return
+    for config_cls, *_ in FAMILIES.values():
+        lora_targets.setdefault(config_cls.model_type, list(DEFAULT_LORA_TARGETS))
+
+
+_register()
+
+__all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "LlmArchConfig",
+    "LlmArchDenseConfig",
+    "LlmArchDenseForCausalLM",
+    "LlmArchDenseModel",
+    "LlmArchForCausalLM",
+    "LlmArchHybridConfig",
+    "LlmArchHybridForCausalLM",
+    "LlmArchHybridModel",
+    "LlmArchModel",
+    "list_presets",
+    "load_preset",
+]

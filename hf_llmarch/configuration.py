@@ -1,0 +1,244 @@
+"""The config base every family shares: the layer pattern, validation with clear errors, presets.
+
+A family is a subclass that sets `model_type` and its defaults; all modeling code reads the
+same fields. The per-layer stack lives in three parallel lists:
+
+* `mixer_types` - our token-mixer name per layer (`attn`, `swa`, `retention`, ...);
+* `ffn_types`   - `mlp`, `moe` or `none` per layer;
+* `layer_types` - transformers' standard names derived from the mixers, so its cache
+  machinery builds the right cache layer per layer.
+
+`layer_pattern` is the compact string form (see `hf_llmarch.pattern`) and expands into the lists.
+"""
+
+from typing import ClassVar
+
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from .mixers.registry import FFN_KINDS, MIXER_LAYER_TYPES
+from .pattern import compress_pattern, expand_pattern
+
+ROPE_TYPES = ("default", *ROPE_INIT_FUNCTIONS)
+NORM_TYPES = ("rmsnorm", "layernorm")
+POSITION_TYPES = ("rope", "learned", "none")
+OP_MODES = {
+    "moe_impl": ("auto", "naive", "grouped"),
+    "retention_mode": ("auto", "parallel", "chunk", "recurrent", "naive"),
+}
+
+
+class LlmArchConfig(PreTrainedConfig):
+    """Fields shared by every hf_llmarch family. Subclasses set `model_type` and defaults."""
+
+    model_type = "llmarch"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    # A config built from `num_hidden_layers` alone repeats this unit.
+    default_pattern: ClassVar[str] = "attn"
+    default_ffn: ClassVar[str] = "mlp"
+
+    vocab_size: int = 32000
+    hidden_size: int = 512
+    intermediate_size: int = 1408
+    num_hidden_layers: int | None = None
+    num_attention_heads: int = 8
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    layer_pattern: str | None = None
+    mixer_types: list[str] | None = None
+    ffn_types: list[str] | None = None
+    layer_types: list[str] | None = None
+
+    hidden_act: str = "silu"
+    mlp_gated: bool = True  # SwiGLU-style gate_proj/up_proj/down_proj; False = GPT-2 up/act/down
+    mlp_bias: bool = False
+    norm_type: str = "rmsnorm"
+    norm_eps: float = 1e-6
+    position_embedding_type: str = "rope"
+    max_position_embeddings: int = 4096
+    rope_parameters: dict | None = None
+    attention_bias: bool = False  # bias on q/k/v (Qwen2, GPT-2)
+    attention_out_bias: bool = False  # bias on o_proj (GPT-2)
+    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3, OLMo-2)
+    sliding_window: int | None = None
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+
+    num_experts: int = 8
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int | None = None
+    norm_topk_prob: bool = True
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.001
+    moe_impl: str = "auto"
+
+    retention_num_heads: int | None = None
+    retention_value_factor: int = 2  # value dim = factor * key dim, as in RetNet
+    retention_chunk_size: int = 64
+    retention_mode: str = "auto"
+
+    def __post_init__(self, **kwargs):
+        self._expand_layers()
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None and self.num_attention_heads and self.hidden_size % self.num_attention_heads == 0:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.moe_intermediate_size is None:
+            self.moe_intermediate_size = self.intermediate_size
+        if self.retention_num_heads is None:
+            self.retention_num_heads = self.num_attention_heads
+        if self.position_embedding_type == "rope" and self.rope_parameters is None:
+            self.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+        super().__post_init__(**kwargs)
+        self.validate_llmarch()
+
+    def _expand_layers(self):
+        """Fill mixer_types / ffn_types / layer_types / num_hidden_layers from whichever was given."""
+        if self.layer_pattern is not None:
+            layers = expand_pattern(self.layer_pattern, self.default_ffn)
+            mixers, ffns = [m for m, _ in layers], [f for _, f in layers]
+            for field, given, expanded in (("mixer_types", self.mixer_types, mixers), ("ffn_types", self.ffn_types, ffns)):
+                if given is not None and list(given) != expanded:
+                    raise ValueError(
+                        f"{field}={list(given)} disagrees with layer_pattern={self.layer_pattern!r} "
+                        f"(which expands to {expanded}); pass only one of them"
+                    )
+            self.mixer_types, self.ffn_types = mixers, ffns
+        elif self.mixer_types is None:
+            n = self.num_hidden_layers or 2
+            unit = expand_pattern(self.default_pattern, self.default_ffn)
+            layers = (unit * n)[:n]
+            self.mixer_types, self.ffn_types = [m for m, _ in layers], [f for _, f in layers]
+        self.mixer_types = list(self.mixer_types)
+        if self.ffn_types is None:
+            self.ffn_types = [self.default_ffn] * len(self.mixer_types)
+        self.ffn_types = list(self.ffn_types)
+        n = len(self.mixer_types)
+        if self.num_hidden_layers is None:
+            self.num_hidden_layers = n
+        if self.num_hidden_layers != n or len(self.ffn_types) != n:
+            raise ValueError(
+                f"layer_pattern/mixer_types describe {n} layers and ffn_types {len(self.ffn_types)}, but "
+                f"num_hidden_layers={self.num_hidden_layers}: make the pattern length equal the layer count"
+            )
+        self._check_names()
+        derived = [MIXER_LAYER_TYPES[m] for m in self.mixer_types]
+        if self.layer_types is not None and list(self.layer_types) != derived:
+            raise ValueError(
+                f"layer_types={list(self.layer_types)} disagrees with mixer_types={self.mixer_types} "
+                f"(which need {derived}); leave layer_types unset, it is derived"
+            )
+        self.layer_types = derived
+        if self.layer_pattern is None:
+            self.layer_pattern = compress_pattern(self.mixer_types, self.ffn_types)
+
+    def _check_names(self):
+        for i, mixer in enumerate(self.mixer_types):
+            if mixer not in MIXER_LAYER_TYPES:
+                raise ValueError(
+                    f"mixer_types[{i}]={mixer!r} is not a known mixer (from layer_pattern "
+                    f"{self.layer_pattern!r}); valid mixers: {sorted(MIXER_LAYER_TYPES)}"
+                )
+        for i, ffn in enumerate(self.ffn_types):
+            if ffn not in FFN_KINDS:
+                raise ValueError(
+                    f"ffn_types[{i}]={ffn!r} is not a known FFN kind (from layer_pattern "
+                    f"{self.layer_pattern!r}); valid FFN kinds: {list(FFN_KINDS)}"
+                )
+
+    def validate_llmarch(self):
+        """Raise a ValueError naming the field and the fix for any inconsistent setting."""
+        _positive(self, "vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+        self._validate_attention()
+        self._validate_choices()
+        self._validate_positions()
+        if "moe" in self.ffn_types:
+            self._validate_moe()
+        if "retention" in self.mixer_types:
+            self._validate_retention()
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size})")
+
+    def _validate_attention(self):
+        if self.head_dim is None:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}: "
+                "change one of them or set head_dim explicitly"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} is not divisible by num_key_value_heads="
+                f"{self.num_key_value_heads}: each KV head must serve a whole group of query heads (GQA/MQA)"
+            )
+        if "sliding_attention" in self.layer_types and not self.sliding_window:
+            raise ValueError(
+                "layer_pattern uses sliding-window attention ('swa') but sliding_window is not set: "
+                "set sliding_window to the window size in tokens"
+            )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window={self.sliding_window} must be a positive number of tokens")
+        if not 0.0 <= self.attention_dropout < 1.0 or not 0.0 <= self.hidden_dropout < 1.0:
+            raise ValueError("attention_dropout and hidden_dropout must lie in [0, 1)")
+
+    def _validate_choices(self):
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is unknown; use one of transformers' ACT2FN names, e.g. 'silu', 'gelu_new'")
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"norm_type={self.norm_type!r} is unknown; valid: {list(NORM_TYPES)}")
+        for field, valid in OP_MODES.items():
+            if getattr(self, field) not in valid:
+                raise ValueError(f"{field}={getattr(self, field)!r} is unknown; valid: {list(valid)}")
+
+    def _validate_positions(self):
+        if self.position_embedding_type not in POSITION_TYPES:
+            raise ValueError(f"position_embedding_type={self.position_embedding_type!r} is unknown; valid: {list(POSITION_TYPES)}")
+        if self.position_embedding_type != "rope":
+            return
+        rope_type = self.rope_parameters.get("rope_type", self.rope_parameters.get("type", "default"))
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_parameters['rope_type']={rope_type!r} is not a known RoPE scaling type; valid: {list(ROPE_TYPES)}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        try:
+            self.validate_rope()
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"rope_parameters={self.rope_parameters} is incomplete for rope_type {rope_type!r}: {err}") from err
+
+    def _validate_moe(self):
+        _positive(self, "num_experts", "num_experts_per_tok", "moe_intermediate_size")
+        if self.num_experts_per_tok > self.num_experts:
+            raise ValueError(
+                f"num_experts_per_tok={self.num_experts_per_tok} is larger than num_experts={self.num_experts}: "
+                "a token cannot be routed to more experts than exist"
+            )
+
+    def _validate_retention(self):
+        _positive(self, "retention_num_heads", "retention_value_factor", "retention_chunk_size")
+        if self.hidden_size % self.retention_num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by retention_num_heads={self.retention_num_heads}: "
+                "each retention head needs a whole key dimension"
+            )
+        if (self.hidden_size // self.retention_num_heads) % 2:
+            raise ValueError(
+                f"retention head dim hidden_size/retention_num_heads={self.hidden_size // self.retention_num_heads} "
+                "must be even for the rotary on q and k"
+            )
+
+    @property
+    def layer_pattern_expanded(self) -> list[tuple[str, str]]:
+        return list(zip(self.mixer_types, self.ffn_types))
+
+
+def _positive(config, *fields):
+    for field in fields:
+        value = getattr(config, field)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{field}={value!r} must be a positive integer")

@@ -1,0 +1,16 @@
+"""Offline data utilities: demo corpus, local tokenizers and causal-LM datasets."""
+
+from .corpus import corpus_documents, default_corpus
+from .lm_data import LMBlockDataset, load_text, make_lm_datasets
+from .tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer, train_bpe_tokenizer
+
+__all__ = [
+    "BYTE_VOCAB_SIZE",
+    "LMBlockDataset",
+    "byte_tokenizer",
+    "corpus_documents",
+    "default_corpus",
+    "load_text",
+    "make_lm_datasets",
+    "train_bpe_tokenizer",
+]

@@ -1,0 +1,16 @@
+from .dense import LlmArchDenseConfig, LlmArchDenseForCausalLM, LlmArchDenseForSequenceClassification, LlmArchDenseModel
+from .hybrid import (
+    LlmArchHybridConfig,
+    LlmArchHybridForCausalLM,
+    LlmArchHybridForSequenceClassification,
+    LlmArchHybridModel,
+)
+from .modeling import LlmArchForCausalLM, LlmArchModel, LlmArchPreTrainedModel
+
+# One row per family: (config, base model, causal LM, sequence classification).
+FAMILIES = {
+    "dense": (LlmArchDenseConfig, LlmArchDenseModel, LlmArchDenseForCausalLM, LlmArchDenseForSequenceClassification),
+    "hybrid": (LlmArchHybridConfig, LlmArchHybridModel, LlmArchHybridForCausalLM, LlmArchHybridForSequenceClassification),
+}
+
+CONFIG_CLASSES = {row[0].model_type: row[0] for row in FAMILIES.values()}

@@ -1,0 +1,49 @@
+"""The one block every family uses: norm -> mixer -> residual -> norm -> FFN -> residual."""
+
+import torch
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from ..mixers import build_mixer
+from ..modules.mlp import build_mlp
+from ..modules.moe import MoEFeedForward
+from ..modules.norms import build_norm
+
+
+class LlmArchBlock(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.layer_type = config.layer_types[layer_idx]
+        self.ffn_type = config.ffn_types[layer_idx]
+        mixer = build_mixer(config, layer_idx)
+        self.mixer_attr = mixer.block_attr
+        self.input_layernorm = build_norm(config)
+        setattr(self, self.mixer_attr, mixer)
+        if self.ffn_type != "none":
+            self.post_attention_layernorm = build_norm(config)
+            self.mlp = MoEFeedForward(config) if self.ffn_type == "moe" else build_mlp(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    @property
+    def mixer(self) -> nn.Module:
+        return getattr(self, self.mixer_attr)
+
+    def forward(self, hidden_states, attention_mask=None, token_mask=None, **kwargs):
+        """Returns (hidden_states, aux_loss); aux_loss is None unless the FFN routes tokens.
+
+        `attention_mask` is the mask for this layer's type (4D for attention, 2D for recurrent
+        mixers); `token_mask` [B, T] marks real tokens for the MoE router statistics."""
+        residual = hidden_states
+        hidden_states, _ = self.mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask, **kwargs)
+        hidden_states = residual + self.dropout(hidden_states)
+        aux_loss = None
+        if self.ffn_type == "none":
+            return hidden_states, aux_loss
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        if self.ffn_type == "moe":
+            hidden_states, aux_loss = self.mlp(hidden_states, token_mask)
+        else:
+            hidden_states = self.mlp(hidden_states)
+        return residual + self.dropout(hidden_states), aux_loss

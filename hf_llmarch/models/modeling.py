@@ -1,0 +1,236 @@
+"""The configurable backbone and its task heads, shared by every family.
+
+A family only subclasses these with its own config class (see `dense.py`, `hybrid.py`); the
+stack itself is whatever `config.mixer_types` / `config.ffn_types` say.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GenericForSequenceClassification
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from ..configuration import LlmArchConfig
+from ..mixers import LlmArchAttention
+from ..modules.moe import MoEExperts
+from ..modules.norms import build_norm
+from ..modules.rotary import LlmArchRotaryEmbedding
+from .block import LlmArchBlock
+
+MASK_BUILDERS = {
+    "full_attention": create_causal_mask,
+    "sliding_attention": create_sliding_window_causal_mask,
+}
+
+
+@dataclass
+class LlmArchModelOutput(BaseModelOutputWithPast):
+    """`aux_loss`: the weighted sum of the routers' load-balancing and z-losses (None without MoE)."""
+
+    aux_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class LlmArchCausalLMOutput(CausalLMOutputWithPast):
+    """`loss` already includes `aux_loss` when labels are given."""
+
+    aux_loss: torch.FloatTensor | None = None
+
+
+class LlmArchPreTrainedModel(PreTrainedModel):
+    config_class = LlmArchConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlmArchBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": LlmArchBlock, "attentions": LlmArchAttention}
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MoEExperts):
+            init.normal_(module.gate_up_proj, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.down_proj, mean=0.0, std=self.config.initializer_range)
+        init_extra = getattr(module, "init_llmarch_weights", None)
+        if init_extra is not None:
+            init_extra(self.config)
+
+
+class LlmArchModel(LlmArchPreTrainedModel):
+    def __init__(self, config: LlmArchConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        if config.position_embedding_type == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.embed_dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(LlmArchBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = build_norm(config)
+        if config.position_embedding_type == "rope":
+            self.rotary_emb = LlmArchRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> LlmArchModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        seq_len = inputs_embeds.shape[1]
+        if position_ids is None:
+            past = _past_length(past_key_values, self.config)
+            position_ids = torch.arange(past, past + seq_len, device=inputs_embeds.device).unsqueeze(0)
+        _advance_seen_tokens(past_key_values, seq_len)
+
+        hidden_states = inputs_embeds
+        if self.config.position_embedding_type == "learned":
+            hidden_states = hidden_states + self.embed_positions(position_ids)
+        hidden_states = self.embed_dropout(hidden_states)
+        masks = self._build_masks(attention_mask, hidden_states, past_key_values, position_ids)
+        token_mask = masks["linear_attention"]
+        position_embeddings = self.rotary_emb(hidden_states, position_ids) if hasattr(self, "rotary_emb") else None
+
+        aux_losses = []
+        for layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states, aux = layer(
+                hidden_states,
+                attention_mask=masks[layer.layer_type],
+                token_mask=token_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **kwargs,
+            )
+            if aux is not None:
+                aux_losses.append(aux)
+        aux_loss = torch.stack(aux_losses).mean() if aux_losses else None
+        return LlmArchModelOutput(
+            last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values, aux_loss=aux_loss
+        )
+
+    def _build_masks(self, attention_mask, hidden_states, past_key_values, position_ids) -> dict:
+        """One mask per layer type present: 4D (or None) for attention, a [B, T] bool token mask
+        (or None when nothing is padded) for recurrent mixers and the MoE router statistics."""
+        layer_types = self.config.layer_types
+        masks = {"linear_attention": _token_mask(attention_mask, hidden_states.shape[1], layer_types)}
+        for layer_type, builder in MASK_BUILDERS.items():
+            if layer_type in layer_types:
+                masks[layer_type] = builder(
+                    config=self.config,
+                    inputs_embeds=hidden_states,
+                    attention_mask=attention_mask,
+                    past_key_values=past_key_values,
+                    position_ids=position_ids,
+                    layer_idx=layer_types.index(layer_type),  # 5.17 picks a wrong default in hybrids
+                )
+        return masks
+
+
+def _token_mask(attention_mask, seq_len: int, layer_types) -> torch.Tensor | None:
+    if attention_mask is None:
+        return None
+    if attention_mask.ndim != 2:
+        if "linear_attention" in layer_types:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, but recurrent mixers need the 2D "
+                "[batch, seq] padding mask: pass the 2D mask instead of a prebuilt 4D one"
+            )
+        return None
+    mask = attention_mask[:, -seq_len:].bool()  # [B, T], the current chunk of a growing mask
+    return None if bool(mask.all()) else mask
+
+
+def _past_length(cache: Cache | None, config) -> int:
+    """Tokens already in the cache. Attention layers know it; a stack of only recurrent layers
+    does not, so the backbone keeps its own count on the cache object."""
+    if cache is None:
+        return 0
+    attention_layers = [i for i, t in enumerate(config.layer_types) if t != "linear_attention"]
+    if attention_layers:
+        return cache.get_seq_length(attention_layers[0])
+    return getattr(cache, "llmarch_seen_tokens", 0)
+
+
+def _advance_seen_tokens(cache: Cache | None, seq_len: int):
+    if cache is not None:
+        cache.llmarch_seen_tokens = getattr(cache, "llmarch_seen_tokens", 0) + seq_len
+
+
+class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+    base_model_class = LlmArchModel
+
+    def __init__(self, config: LlmArchConfig):
+        super().__init__(config)
+        self.model = self.base_model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> LlmArchCausalLMOutput:
+        outputs: LlmArchModelOutput = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if outputs.aux_loss is not None:
+                loss = loss + outputs.aux_loss.to(loss.device)
+        return LlmArchCausalLMOutput(
+            loss=loss,
+            aux_loss=outputs.aux_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class LlmArchForSequenceClassification(GenericForSequenceClassification, LlmArchPreTrainedModel):
+    pass

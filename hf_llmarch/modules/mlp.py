@@ -1,0 +1,34 @@
+"""Dense feed-forward blocks: SwiGLU-style (gate/up/down, LLaMA) and plain (up/act/down, GPT-2)."""
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, config, intermediate_size: int | None = None):
+        super().__init__()
+        inner = intermediate_size or config.intermediate_size
+        self.gate_proj = nn.Linear(config.hidden_size, inner, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, inner, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(inner, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class PlainMLP(nn.Module):
+    def __init__(self, config, intermediate_size: int | None = None):
+        super().__init__()
+        inner = intermediate_size or config.intermediate_size
+        self.up_proj = nn.Linear(config.hidden_size, inner, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(inner, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(x)))
+
+
+def build_mlp(config) -> nn.Module:
+    return GatedMLP(config) if config.mlp_gated else PlainMLP(config)
