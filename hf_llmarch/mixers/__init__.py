@@ -2,10 +2,12 @@
 
 from .registry import ATTENTION_LAYER_TYPES, FFN_KINDS, MIXER_LAYER_TYPES
 from .attention import LlmArchAttention
+from .retention import LlmArchRetention
 
 MIXER_CLASSES = {
     "attn": LlmArchAttention,
     "swa": LlmArchAttention,
+    "retention": LlmArchRetention,
 }
 
 
@@ -18,4 +20,6 @@ def build_mixer(config, layer_idx: int):
     return MIXER_CLASSES[config.mixer_types[layer_idx]](config, layer_idx)
 
 
-__all__ = ["ATTENTION_LAYER_TYPES", "FFN_KINDS", "MIXER_CLASSES", "MIXER_LAYER_TYPES", "build_mixer", "register_mixer"]
+__all__ = [
+    "LlmArchAttention",
+    "LlmArchRetention","ATTENTION_LAYER_TYPES", "FFN_KINDS", "MIXER_CLASSES", "MIXER_LAYER_TYPES", "build_mixer", "register_mixer"]

@@ -1,0 +1,44 @@
+import os
+
+import pytest
+import torch
+
+import hf_llmarch
+
+# Small enough that a forward pass is milliseconds on CPU; the hybrid preset mixes retention+MoE with attention+MLP.
+TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+FAMILY_CONFIGS = {
+    "llama": ("llama-tiny", dict(TINY, layer_pattern="(attn/mlp)x2")),
+    "gpt2": ("gpt2-tiny", dict(TINY, layer_pattern="(attn/mlp)x2", num_key_value_heads=4)),
+    "mistral": ("llama-tiny", dict(TINY, layer_pattern="attn/mlp swa/mlp", sliding_window=4)),
+    "hybrid": ("hybrid-tiny", dict(TINY, moe_intermediate_size=64, layer_pattern="retention/moe attn/mlp retention/moe attn/mlp")),
+}
+
+
+def tiny_config(family: str, **overrides):
+    preset, fields = FAMILY_CONFIGS[family]
+    return hf_llmarch.load_preset(preset, **{**fields, **overrides})
+
+
+def tiny_model(family: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(tiny_config(family, **overrides)).eval()
+
+
+@pytest.fixture(params=list(FAMILY_CONFIGS))
+def family(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # Tests never reach the Hub; fail fast instead of retrying the network.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
