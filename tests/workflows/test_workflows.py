@@ -1,0 +1,136 @@
+"""The standard transformers workflows, run on our models exactly as a user would."""
+
+import pytest
+import torch
+from conftest import tiny_config, tiny_model
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Trainer, TrainingArguments, pipeline
+
+from hf_llmarch.data import byte_tokenizer
+
+
+class RepeatTask(torch.utils.data.Dataset):
+    """Sequences that repeat a random 4-token motif: learnable in a few dozen steps."""
+
+    def __init__(self, n=64, length=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        motifs = torch.randint(0, 200, (n, 4), generator=g)
+        self.data = motifs.repeat(1, length // 4)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.data[i], "labels": self.data[i]}
+
+
+def train(model, tmp_path, steps=40, **args):
+    trainer_args = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        logging_steps=5,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        **args,
+    )
+    trainer = Trainer(model=model, args=trainer_args, train_dataset=RepeatTask())
+    trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def test_trainer_with_gradient_checkpointing_lowers_loss(family, tmp_path):
+    model = tiny_model(family).train()
+    losses = train(model, tmp_path, gradient_checkpointing=True)
+    assert model.is_gradient_checkpointing
+    assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_pipeline_text_generation(family):
+    model = tiny_model(family)
+    tok = byte_tokenizer()
+    gen = pipeline("text-generation", model=model, tokenizer=tok, device="cpu")
+    out = gen(["def add(a, b):", "hello"], max_new_tokens=8, do_sample=False)
+    assert len(out) == 2
+    text = out[0][0]["generated_text"]
+    assert text.startswith("def add(a, b):") and len(tok(text)["input_ids"]) >= len(tok("def add(a, b):")["input_ids"])
+
+
+def test_lora_default_targets_change_output_and_merge(family):
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model(family)
+    ids = torch.randint(0, 250, (2, 10))
+    with torch.no_grad():
+        base = model(ids).logits
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, init_lora_weights=False))
+    assert peft_model.peft_config["default"].target_modules  # came from our registered defaults
+    with torch.no_grad():
+        adapted = peft_model(input_ids=ids).logits
+    assert (adapted - base).abs().max() > 1e-4, "LoRA did not change the output"
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        merged_logits = merged(ids).logits
+    torch.testing.assert_close(merged_logits, adapted, atol=1e-5, rtol=1e-4)
+
+
+def test_save_and_reload_is_exact(family, tmp_path):
+    model = tiny_model(family)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is type(model)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    ids = torch.randint(0, 250, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reloaded(ids).logits)
+    if model.config.tie_word_embeddings:
+        assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_load_bf16_and_device_map_auto(family, tmp_path):
+    tiny_model(family).save_pretrained(tmp_path)
+    bf16 = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    out = bf16.generate(torch.randint(0, 250, (1, 5)), max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 9)
+    mapped = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto")
+    assert next(mapped.parameters()).device.type == "cpu"
+    assert mapped(torch.randint(0, 250, (1, 5))).logits.shape == (1, 5, mapped.config.vocab_size)
+
+
+def test_torch_compile_forward_matches(family):
+    model = tiny_model(family)
+    ids = torch.randint(0, 250, (2, 16))
+    with torch.no_grad():
+        eager = model(ids).logits
+        compiled = torch.compile(model)(ids).logits
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
+
+
+def test_sequence_classification(family, tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(family, num_labels=3)
+    model = AutoModelForSequenceClassification.from_config(config)
+    ids = torch.randint(0, 250, (2, 8))
+    ids[0, :3] = config.pad_token_id  # left padding: pooled at the last real token
+    out = model(ids, attention_mask=(ids != config.pad_token_id).long(), labels=torch.tensor([0, 2]))
+    assert out.logits.shape == (2, 3) and out.loss.requires_grad
+    model.save_pretrained(tmp_path)
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, model.eval()(ids).logits)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 4])
+def test_mqa_and_mha_generate(kv_heads):
+    model = tiny_model("llama", num_key_value_heads=kv_heads)
+    assert model.model.layers[0].self_attn.k_proj.out_features == kv_heads * model.config.head_dim
+    ids = torch.randint(0, 250, (2, 5))
+    a = model.generate(ids, max_new_tokens=6, do_sample=False)
+    b = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(a, b)
