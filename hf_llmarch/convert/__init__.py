@@ -1,0 +1,170 @@
+"""Conversion between native transformers causal LMs and `llmarch_dense`.
+
+`from_hf` takes a llama / mistral / qwen2 / gpt2 checkpoint directory or in-memory model and
+returns an `LlmArchDenseForCausalLM` with the same logits; `to_hf` goes back. The per-source
+adapters (`llama.py`, `gpt2.py`) map configs and state dicts; this module checks that every
+tensor is consumed and builds the target model. `save_from_hf` / `save_to_hf` write directories.
+"""
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.initialization import no_init_weights
+
+from ..models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM
+from ..models.modeling import LlmArchForCausalLM
+from . import gpt2, llama
+from .checkpoint import CheckpointError, TensorSource, copy_sidecar_files, read_config_json
+
+logger = logging.getLogger(__name__)
+
+ADAPTERS = {"llama": llama, "mistral": llama, "qwen2": llama, "gpt2": gpt2}
+HEAD_KEY = "lm_head.weight"
+OUR_EMBED_KEY = "model.embed_tokens.weight"
+
+__all__ = ["ADAPTERS", "CheckpointError", "from_hf", "infer_target", "save_from_hf", "save_to_hf", "to_hf"]
+
+
+def _adapter(model_type: str | None):
+    if model_type not in ADAPTERS:
+        raise ValueError(f"model_type {model_type!r} is not supported for conversion; supported: {sorted(ADAPTERS)}")
+    return ADAPTERS[model_type]
+
+
+def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchDenseForCausalLM:
+    """A native llama / mistral / qwen2 / gpt2 causal LM (directory or model) as `LlmArchDenseForCausalLM`.
+
+    `dtype=None` keeps the dtype the weights are stored in."""
+    native_config, src, attn = _open_native(path_or_model)
+    adapter = _adapter(native_config.model_type)
+    config = LlmArchDenseConfig(**adapter.config_from_hf(native_config), converted_from=native_config.model_type)
+    expected = _expected_shapes(LlmArchDenseForCausalLM, config)
+    head_shape = expected.pop(HEAD_KEY)
+    state_dict = adapter.state_dict_from_hf(src, expected, config)
+    _attach_head(src, state_dict, OUR_EMBED_KEY, config.tie_word_embeddings, head_shape)
+    src.check_consumed(adapter.IGNORED_KEYS)
+    return _build(LlmArchDenseForCausalLM, config, state_dict, dtype, attn)
+
+
+def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
+    """Our dense causal LM (model or directory) as a native LlamaForCausalLM / MistralForCausalLM /
+    Qwen2ForCausalLM / GPT2LMHeadModel. `target` defaults to the model type it was converted
+    from, else to `infer_target`. Raises a ValueError naming the field the target cannot express."""
+    model = _load_ours(model_or_path)
+    config = model.config
+    target = target or getattr(config, "converted_from", None) or infer_target(config)
+    adapter = _adapter(target)
+    _check_plain_stack(config, target)
+    adapter.check_expressible(config, target)
+    native_config = adapter.config_to_hf(config, target)
+    native_cls = adapter.NATIVE_CLASSES[target][1]
+    expected = _expected_shapes(native_cls, native_config)
+    head_shape = expected.pop(HEAD_KEY)
+    src = TensorSource.from_state_dict(model.state_dict(), f"the {type(model).__name__}")
+    state_dict = adapter.state_dict_to_hf(src, expected, config)
+    _attach_head(src, state_dict, adapter.EMBED_KEY, config.tie_word_embeddings, head_shape)
+    src.check_consumed()
+    return _build(native_cls, native_config, state_dict, model.dtype, config._attn_implementation)
+
+
+def infer_target(config) -> str:
+    """The native family closest to our config: learned positions + LayerNorm -> gpt2; q/k/v bias
+    without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a mix); else llama."""
+    if config.position_embedding_type == "learned" and config.norm_type == "layernorm":
+        return "gpt2"
+    if config.attention_bias and not config.attention_out_bias:
+        return "qwen2"
+    swa = [m == "swa" for m in config.mixer_types]
+    if any(swa):
+        return "mistral" if all(swa) else "qwen2"
+    return "llama"
+
+
+def save_from_hf(src, out, dtype: torch.dtype | str | None = None) -> Path:
+    """Convert `src` (directory or model) with `from_hf` and write it plus src's tokenizer files to `out`."""
+    out = Path(out)
+    from_hf(src, dtype=dtype).save_pretrained(out)
+    if isinstance(src, (str, Path)):
+        copy_sidecar_files(src, out)
+    return out
+
+
+def save_to_hf(src, out, target: str | None = None) -> Path:
+    """Convert `src` (directory or model) with `to_hf` and write it plus src's tokenizer files to `out`."""
+    out = Path(out)
+    to_hf(src, target=target).save_pretrained(out)
+    if isinstance(src, (str, Path)):
+        copy_sidecar_files(src, out)
+    return out
+
+
+def _open_native(path_or_model):
+    """(native config, its tensors, attention implementation to keep or None)."""
+    if isinstance(path_or_model, PreTrainedModel):
+        config = path_or_model.config
+        _adapter(config.model_type)
+        origin = f"the in-memory {type(path_or_model).__name__}"
+        return config, TensorSource.from_state_dict(path_or_model.state_dict(), origin), config._attn_implementation
+    if not isinstance(path_or_model, (str, Path)):
+        raise TypeError(f"expected a checkpoint directory or a PreTrainedModel, got {type(path_or_model).__name__}")
+    # Check the type before AutoConfig, whose error for unknown types does not say what converts.
+    _adapter(read_config_json(path_or_model).get("model_type"))
+    return AutoConfig.from_pretrained(path_or_model), TensorSource.from_dir(path_or_model), None
+
+
+def _load_ours(model_or_path) -> LlmArchForCausalLM:
+    if isinstance(model_or_path, (str, Path)):
+        model_type = read_config_json(model_or_path).get("model_type")
+        if not str(model_type).startswith("llmarch_"):
+            raise ValueError(f"{model_or_path} holds model_type {model_type!r}, not an hf_llmarch model")
+        model_or_path = AutoModelForCausalLM.from_pretrained(model_or_path)
+    if not isinstance(model_or_path, LlmArchForCausalLM):
+        raise ValueError(f"to_hf needs an hf_llmarch causal LM, got {type(model_or_path).__name__}")
+    return model_or_path
+
+
+def _check_plain_stack(config, target: str):
+    """Native targets are stacks of softmax attention + dense MLP only."""
+    for i, (mixer, ffn) in enumerate(zip(config.mixer_types, config.ffn_types)):
+        if mixer not in ("attn", "swa"):
+            raise ValueError(f"mixer_types[{i}]={mixer!r} cannot be expressed in {target}: only attn/swa layers convert")
+        if ffn != "mlp":
+            raise ValueError(f"ffn_types[{i}]={ffn!r} cannot be expressed in {target}: only dense mlp layers convert")
+    if config.hidden_dropout and target != "gpt2":
+        # Dropout only acts in training, so the exported model still computes the same function.
+        logger.warning("hidden_dropout=%s has no counterpart in %s and is dropped", config.hidden_dropout, target)
+
+
+def _expected_shapes(model_cls, config) -> dict[str, tuple]:
+    """Every state-dict key the model has and its shape, from a weightless (meta) instance."""
+    with torch.device("meta"), no_init_weights():
+        model = model_cls(copy.deepcopy(config))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _attach_head(src: TensorSource, state_dict: dict, embed_key: str, tied: bool, shape: tuple):
+    """Add lm_head.weight: its own tensor, or the embedding when tied (where a stored copy must equal it)."""
+    if not tied:
+        state_dict[HEAD_KEY] = src.take(HEAD_KEY, shape)
+        return
+    if HEAD_KEY in src and not torch.equal(src.take(HEAD_KEY, shape), state_dict[embed_key]):
+        raise CheckpointError(
+            f"tensor {HEAD_KEY!r} in {src.origin} differs from the input embedding although tie_word_embeddings=True; "
+            "set tie_word_embeddings=false in config.json if the head is meant to be separate"
+        )
+    state_dict[HEAD_KEY] = state_dict[embed_key]
+
+
+def _build(model_cls, config, state_dict: dict, dtype, attn_implementation: str | None):
+    """Instantiate without random init (fast for big models) and load `state_dict` strictly."""
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    dtype = dtype or state_dict[HEAD_KEY].dtype
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with no_init_weights():
+        model = model_cls._from_config(config, dtype=dtype, **kwargs)
+    model.load_state_dict(state_dict, strict=True)
+    model.tie_weights()
+    return model.eval()

@@ -1,0 +1,162 @@
+"""Reading and writing checkpoint directories for conversion, with strict bookkeeping.
+
+`TensorSource` hands out a checkpoint's tensors by name, checks each against the shape the
+target needs, and at the end reports every tensor nobody asked for: a conversion consumes the
+whole checkpoint or fails with an error that names the key (or the file).
+"""
+
+import json
+import pickle
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+SAFE_INDEX, SAFE_SINGLE = "model.safetensors.index.json", "model.safetensors"
+BIN_INDEX, BIN_SINGLE = "pytorch_model.bin.index.json", "pytorch_model.bin"
+# Files that travel with the weights unchanged (tokenizer, generation defaults).
+SIDECAR_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: missing, unexpected or mis-shaped tensors, or unreadable files."""
+
+
+class TensorSource:
+    """Named tensors, loaded lazily; remembers which ones were consumed."""
+
+    def __init__(self, origin: str, shapes: dict[str, tuple], load: Callable[[str], torch.Tensor]):
+        self.origin = origin
+        self.shapes = shapes
+        self._load = load
+        self.consumed: set[str] = set()
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], origin: str) -> "TensorSource":
+        return cls(origin, {k: tuple(v.shape) for k, v in state_dict.items()}, state_dict.__getitem__)
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> "TensorSource":
+        path = Path(path)
+        if (path / SAFE_INDEX).is_file():
+            return cls._from_files(path, _read_index(path / SAFE_INDEX), _open_safetensors)
+        if (path / SAFE_SINGLE).is_file():
+            return cls._from_files(path, {SAFE_SINGLE: None}, _open_safetensors)
+        if (path / BIN_INDEX).is_file():
+            return cls._from_files(path, _read_index(path / BIN_INDEX), _open_torch_bin)
+        if (path / BIN_SINGLE).is_file():
+            return cls._from_files(path, {BIN_SINGLE: None}, _open_torch_bin)
+        raise CheckpointError(f"no weights in {path}: expected one of {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE}, {BIN_INDEX}")
+
+    @classmethod
+    def _from_files(cls, root: Path, listed: dict[str, list[str] | None], opener) -> "TensorSource":
+        """`listed` maps each file to the keys its index promises (None: no index)."""
+        shapes, readers = {}, {}
+        for name, promised in listed.items():
+            file = root / name
+            if not file.is_file():
+                raise CheckpointError(f"checkpoint file {file} is listed in the index but does not exist")
+            file_shapes, read = opener(file)
+            missing = sorted(set(promised or ()) - set(file_shapes))
+            if missing:
+                raise CheckpointError(f"{file} lacks {missing[:5]} which the index assigns to it")
+            for key, shape in file_shapes.items():
+                if key in shapes:
+                    raise CheckpointError(f"tensor {key!r} appears in more than one file of {root} (again in {file})")
+                shapes[key], readers[key] = shape, read
+        return cls(str(root), shapes, lambda key: readers[key](key))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.shapes
+
+    def keys(self) -> list[str]:
+        return list(self.shapes)
+
+    def take(self, key: str, shape: Iterable[int] | None = None) -> torch.Tensor:
+        """The tensor `key`, checked against `shape`; marks it consumed."""
+        if key not in self.shapes:
+            raise CheckpointError(f"tensor {key!r} is missing from {self.origin}")
+        if shape is not None and tuple(self.shapes[key]) != tuple(shape):
+            raise CheckpointError(
+                f"tensor {key!r} in {self.origin} has shape {tuple(self.shapes[key])}, expected {tuple(shape)} from the config"
+            )
+        self.consumed.add(key)
+        return self._load(key)
+
+    def check_consumed(self, ignored: Iterable[str] = ()):
+        """Raise on any tensor not consumed and not matched (fullmatch) by one of the `ignored` regexes."""
+        patterns = [re.compile(p) for p in ignored]
+        left = [k for k in self.shapes if k not in self.consumed and not any(p.fullmatch(k) for p in patterns)]
+        if left:
+            raise CheckpointError(
+                f"unexpected tensor(s) in {self.origin} that the converter does not use: {sorted(left)[:10]}"
+                + (f" (and {len(left) - 10} more)" if len(left) > 10 else "")
+            )
+
+
+def _read_index(file: Path) -> dict[str, list[str]]:
+    """Shard file -> the keys the index assigns to it."""
+    try:
+        weight_map = json.loads(file.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"cannot read the shard index {file}: {err}") from err
+    shards: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        shards.setdefault(shard, []).append(key)
+    return shards
+
+
+def _open_safetensors(file: Path):
+    try:
+        handle = safe_open(str(file), framework="pt")
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {file} (corrupt or truncated safetensors file): {err}") from err
+    return shapes, handle.get_tensor
+
+
+def _open_torch_bin(file: Path):
+    try:
+        state_dict = torch.load(file, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"cannot read {file} (corrupt or truncated torch file): {err}") from err
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{file} does not hold a flat dict of tensors")
+    return {k: tuple(v.shape) for k, v in state_dict.items()}, state_dict.__getitem__
+
+
+def read_config_json(path: str | Path) -> dict:
+    file = Path(path) / "config.json"
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{file} does not exist: a checkpoint directory needs its config.json") from err
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot parse {file}: {err}") from err
+
+
+def copy_sidecar_files(src: str | Path, out: str | Path) -> list[str]:
+    """Copy tokenizer and generation files from `src` to `out` when `src` is a directory; returns their names."""
+    src = Path(src)
+    if not src.is_dir():
+        return []
+    copied = []
+    for name in SIDECAR_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, Path(out) / name)
+            copied.append(name)
+    return copied

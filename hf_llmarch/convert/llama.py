@@ -1,0 +1,158 @@
+"""LLaMA / Mistral / Qwen2 <-> llmarch_dense.
+
+Their module names are ours one to one, so the state dict only keeps or drops the `model.`
+prefix; the work is mapping the configs, and refusing what the other side cannot express.
+"""
+
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+NATIVE_CLASSES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+}
+# Rotary inverse frequencies: derived from the config; older checkpoints saved them as buffers.
+IGNORED_KEYS = (r"(model\.)?rotary_emb\.inv_freq", r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+EMBED_KEY = "model.embed_tokens.weight"
+
+# What each target hard-codes, as our config fields must read to match it.
+_FIXED = {
+    "llama": {"qk_norm": False},
+    "mistral": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False, "mlp_bias": False},
+    "qwen2": {"qk_norm": False, "attention_bias": True, "attention_out_bias": False, "mlp_bias": False},
+}
+_COMMON = {"norm_type": "rmsnorm", "position_embedding_type": "rope", "mlp_gated": True}
+
+
+def config_from_hf(cfg) -> dict:
+    """Our config kwargs for a native llama / mistral / qwen2 config.
+
+    Ignored on purpose: llama `pretraining_tp` (transformers 5 never reads it; the sliced
+    matmuls it selected were numerically the same product) and a mistral `layer_types`
+    (MistralModel ignores it and windows every layer by `sliding_window`)."""
+    model_type = cfg.model_type
+    mixers = _mixers_from_hf(cfg)
+    if model_type == "llama":
+        # Llama's attention_bias puts a bias on q, k, v *and* o.
+        bias, out_bias, mlp_bias = cfg.attention_bias, cfg.attention_bias, cfg.mlp_bias
+    else:
+        bias, out_bias, mlp_bias = model_type == "qwen2", False, False
+    return dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        mixer_types=mixers,
+        ffn_types=["mlp"] * len(mixers),
+        hidden_act=cfg.hidden_act,
+        mlp_gated=True,
+        mlp_bias=mlp_bias,
+        norm_type="rmsnorm",
+        norm_eps=cfg.rms_norm_eps,
+        position_embedding_type="rope",
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_parameters=dict(cfg.rope_parameters),
+        attention_bias=bias,
+        attention_out_bias=out_bias,
+        sliding_window=cfg.sliding_window if "swa" in mixers else None,
+        attention_dropout=float(cfg.attention_dropout or 0.0),
+        initializer_range=cfg.initializer_range,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        use_cache=cfg.use_cache,
+        pad_token_id=cfg.pad_token_id,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+    )
+
+
+def _mixers_from_hf(cfg) -> list[str]:
+    n = cfg.num_hidden_layers
+    if cfg.model_type == "llama":
+        return ["attn"] * n
+    if cfg.model_type == "mistral":
+        return ["attn" if cfg.sliding_window is None else "swa"] * n
+    # Qwen2Config derives layer_types from use_sliding_window / max_window_layers when not given.
+    layer_types = list(cfg.layer_types)
+    if "sliding_attention" in layer_types and cfg.sliding_window is None:
+        raise ValueError(
+            f"qwen2 layer_types={layer_types} has sliding layers but sliding_window is None "
+            f"(use_sliding_window={cfg.use_sliding_window}): the native model cannot run this config either"
+        )
+    unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+    if unknown:
+        raise ValueError(f"qwen2 layer_types contains {unknown}; only full_attention and sliding_attention convert")
+    return ["swa" if t == "sliding_attention" else "attn" for t in layer_types]
+
+
+def check_expressible(config, target: str):
+    """Raise a ValueError naming the first field of ours that `target` cannot reproduce."""
+    for field, value in {**_COMMON, **_FIXED[target]}.items():
+        if getattr(config, field) != value:
+            raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed in {target} (which needs {value!r})")
+    if target == "llama" and config.attention_bias != config.attention_out_bias:
+        raise ValueError(
+            f"attention_bias={config.attention_bias} with attention_out_bias={config.attention_out_bias} cannot be "
+            "expressed in llama, whose attention_bias covers q, k, v and o together"
+        )
+    swa = [m == "swa" for m in config.mixer_types]
+    if target == "llama" and any(swa):
+        raise ValueError(f"mixer_types={config.mixer_types}: llama has no sliding-window layers; use mistral or qwen2")
+    if target == "mistral" and any(swa) and not all(swa):
+        raise ValueError(f"mixer_types={config.mixer_types}: mistral windows all layers or none; use qwen2 for a per-layer mix")
+
+
+def config_to_hf(config, target: str):
+    n = config.num_hidden_layers
+    kwargs = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=n,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        hidden_act=config.hidden_act,
+        max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range,
+        rms_norm_eps=config.norm_eps,
+        use_cache=config.use_cache,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        tie_word_embeddings=config.tie_word_embeddings,
+        rope_parameters=dict(config.rope_parameters),
+        attention_dropout=config.attention_dropout,
+    )
+    swa = [m == "swa" for m in config.mixer_types]
+    if target == "llama":
+        kwargs.update(attention_bias=config.attention_bias, mlp_bias=config.mlp_bias)
+    elif target == "mistral":
+        kwargs.update(sliding_window=config.sliding_window if any(swa) else None)
+    else:
+        # Explicit layer_types win over max_window_layers; the latter is set only to agree with them.
+        kwargs.update(
+            use_sliding_window=any(swa),
+            sliding_window=config.sliding_window if any(swa) else None,
+            max_window_layers=swa.index(True) if any(swa) else n,
+            layer_types=["sliding_attention" if s else "full_attention" for s in swa],
+        )
+    return NATIVE_CLASSES[target][0](**kwargs)
+
+
+def state_dict_from_hf(src, expected: dict[str, tuple], config) -> dict:
+    """Ours from native: the same names, the `model.` prefix optional (a saved bare LlamaModel lacks it)."""
+    prefix = "model." if any(k.startswith("model.") for k in src.keys()) else ""
+    return {key: src.take(prefix + key.removeprefix("model."), shape) for key, shape in expected.items()}
+
+
+def state_dict_to_hf(src, expected: dict[str, tuple], config) -> dict:
+    return {key: src.take(key, shape) for key, shape in expected.items()}

@@ -1,0 +1,238 @@
+"""HF <-> hf_llmarch conversion: logit parity, identical greedy generations, exact round trips,
+and clear errors for checkpoints that do not fit."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+import hf_llmarch  # noqa: F401  (registers our Auto classes)
+from hf_llmarch.convert import CheckpointError, from_hf, infer_target, save_from_hf, save_to_hf, to_hf
+from hf_llmarch.models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM
+
+VOCAB, SEQ = 128, 12  # SEQ > the sliding window of 4 below
+SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8,
+}
+YARN_ROPE = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 8}
+
+CASES = {
+    "llama_gqa": lambda: LlamaForCausalLM(LlamaConfig(**SMALL, num_key_value_heads=2)),
+    "llama_llama3_rope": lambda: LlamaForCausalLM(
+        LlamaConfig(**SMALL, num_key_value_heads=1, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True)
+    ),
+    "llama_yarn_bias": lambda: LlamaForCausalLM(
+        LlamaConfig(**SMALL, head_dim=32, rope_parameters=YARN_ROPE, attention_bias=True, mlp_bias=True)
+    ),
+    "mistral_swa": lambda: MistralForCausalLM(MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=4)),
+    "qwen2_bias_mixed_swa": lambda: Qwen2ForCausalLM(
+        Qwen2Config(**SMALL, num_key_value_heads=2, use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    ),
+    "gpt2": lambda: GPT2LMHeadModel(
+        GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=1)
+    ),
+}
+
+
+def _native(case: str):
+    torch.manual_seed(0)
+    model = CASES[case]()
+    with torch.no_grad():  # norms start at 1/0: randomise them too, so a swapped norm would show
+        for name, param in model.named_parameters():
+            if "norm" in name or "ln_" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.set_attn_implementation("eager")
+    return model.eval()
+
+
+def _ids(batch: int = 2) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, SEQ), generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+def _logits(model, ids=None) -> torch.Tensor:
+    return model(_ids() if ids is None else ids).logits
+
+
+def _greedy(model) -> torch.Tensor:
+    ids = _ids(1)
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, do_sample=False)
+
+
+def _assert_same_state_dict(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity_and_round_trip(case, tmp_path):
+    native = _native(case)
+    native.save_pretrained(tmp_path)
+    ours = from_hf(tmp_path)
+    ours.set_attn_implementation("eager")
+    assert isinstance(ours, LlmArchDenseForCausalLM)
+    assert ours.config.converted_from == native.config.model_type
+    assert (_logits(native) - _logits(ours)).abs().max() < 1e-4
+    assert torch.equal(_greedy(native), _greedy(ours))
+
+    back = to_hf(ours)
+    assert type(back) is type(native)
+    _assert_same_state_dict(native, back)
+    back.set_attn_implementation("eager")
+    assert torch.equal(_logits(native), _logits(back))
+
+
+def test_mixed_sliding_maps_per_layer():
+    ours = from_hf(_native("qwen2_bias_mixed_swa"))
+    assert ours.config.mixer_types == ["attn", "swa"] and ours.config.sliding_window == 4
+    assert ours.config.attention_bias and not ours.config.attention_out_bias
+    assert from_hf(_native("mistral_swa")).config.mixer_types == ["swa", "swa"]
+
+
+def test_in_memory_and_auto_class_load(tmp_path):
+    native = _native("llama_gqa")
+    src = tmp_path / "src"
+    native.save_pretrained(src)
+    (src / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64}))
+    ours = from_hf(native)  # in memory
+    assert ours.config._attn_implementation == "eager"
+    assert (_logits(native) - _logits(ours)).abs().max() < 1e-4
+
+    out = save_from_hf(src, tmp_path / "ours")
+    assert (out / "tokenizer_config.json").is_file()
+    loaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
+    assert isinstance(loaded, LlmArchDenseForCausalLM)
+    assert torch.equal(_logits(loaded), _logits(ours))
+
+    back_dir = save_to_hf(out, tmp_path / "back")
+    assert (back_dir / "tokenizer_config.json").is_file()
+    back = AutoModelForCausalLM.from_pretrained(back_dir, attn_implementation="eager")
+    assert isinstance(back, LlamaForCausalLM)
+    _assert_same_state_dict(native, back)
+
+
+def test_sharded_and_torch_bin_checkpoints(tmp_path):
+    native = _native("gpt2")
+    native.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    reference = from_hf(native)
+    _assert_same_state_dict(from_hf(tmp_path / "sharded"), reference)
+
+    # The original gpt2 layout: a bare GPT2Model state dict in pytorch_model.bin, with mask buffers.
+    bin_dir = tmp_path / "bin"
+    native.config.save_pretrained(bin_dir)
+    state = {k.removeprefix("transformer."): v for k, v in native.state_dict().items() if k != "lm_head.weight"}
+    state["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
+    torch.save(state, bin_dir / "pytorch_model.bin")
+    _assert_same_state_dict(from_hf(bin_dir), reference)
+
+
+def test_dtype_and_target_inference(tmp_path):
+    ours = from_hf(_native("llama_gqa"), dtype=torch.bfloat16)
+    assert ours.dtype == torch.bfloat16
+    assert ours.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert to_hf(ours).dtype == torch.bfloat16
+    gpt2_like = LlmArchDenseConfig(
+        **SMALL, layer_pattern="(attn/mlp)x2", position_embedding_type="learned", norm_type="layernorm", mlp_gated=False
+    )
+    assert infer_target(gpt2_like) == "gpt2"
+    assert infer_target(LlmArchDenseConfig(**SMALL, attention_bias=True)) == "qwen2"
+    assert infer_target(LlmArchDenseConfig(**SMALL, layer_pattern="(swa/mlp)x2", sliding_window=4)) == "mistral"
+    assert infer_target(LlmArchDenseConfig(**SMALL, layer_pattern="attn/mlp swa/mlp", sliding_window=4)) == "qwen2"
+    assert infer_target(LlmArchDenseConfig(**SMALL)) == "llama"
+
+
+def _corrupt(tmp_path, edit):
+    """Save a llama checkpoint, apply `edit` to its state dict, and rewrite the file."""
+    _native("llama_gqa").save_pretrained(tmp_path)
+    file = tmp_path / "model.safetensors"
+    state = load_file(file)
+    edit(state)
+    save_file(state, file, metadata={"format": "pt"})
+    return tmp_path
+
+
+def test_missing_tensor_is_named(tmp_path):
+    path = _corrupt(tmp_path, lambda s: s.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*missing"):
+        from_hf(path)
+
+
+def test_unexpected_tensor_is_named(tmp_path):
+    path = _corrupt(tmp_path, lambda s: s.update({"model.layers.0.self_attn.extra.weight": torch.zeros(3)}))
+    with pytest.raises(CheckpointError, match=r"unexpected.*model\.layers\.0\.self_attn\.extra\.weight"):
+        from_hf(path)
+
+
+def test_misshaped_tensor_is_named(tmp_path):
+    path = _corrupt(tmp_path, lambda s: s.update({"model.norm.weight": torch.ones(65)}))
+    with pytest.raises(CheckpointError, match=r"model\.norm\.weight.*shape \(65,\).*\(64,\)"):
+        from_hf(path)
+
+
+def test_truncated_file_is_named(tmp_path):
+    _native("llama_gqa").save_pretrained(tmp_path)
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(file.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        from_hf(tmp_path)
+
+
+def test_tied_head_that_differs_is_refused():
+    native = _native("llama_gqa")
+    native.config.tie_word_embeddings = True
+    with pytest.raises(CheckpointError, match=r"lm_head\.weight.*differs"):
+        from_hf(native)
+
+
+def test_unsupported_model_type(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon"}))
+    with pytest.raises(ValueError, match="falcon"):
+        from_hf(tmp_path)
+    with pytest.raises(ValueError, match="bert"):
+        to_hf(from_hf(_native("llama_gqa")), target="bert")
+
+
+@pytest.mark.parametrize("field, value", [("scale_attn_by_inverse_layer_idx", True), ("scale_attn_weights", False)])
+def test_gpt2_settings_that_change_the_math_are_refused(field, value):
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, **{field: value})
+    with pytest.raises(ValueError, match=field):
+        from_hf(GPT2LMHeadModel(config))
+
+
+@pytest.mark.parametrize(
+    "fields, target, match",
+    [
+        ({"qk_norm": True}, "llama", "qk_norm"),
+        ({"layer_pattern": "attn/mlp swa/mlp", "sliding_window": 4}, "llama", "mixer_types"),
+        ({"layer_pattern": "attn/mlp swa/mlp", "sliding_window": 4}, "mistral", "mixer_types"),
+        ({"layer_pattern": "attn/moe attn/mlp"}, "llama", r"ffn_types\[0\]"),
+        ({"attention_bias": True}, "llama", "attention_bias"),
+        ({"num_key_value_heads": 2}, "gpt2", "norm_type"),
+        ({}, "qwen2", "attention_bias"),
+    ],
+)
+def test_inexpressible_configs_are_refused(fields, target, match):
+    config = LlmArchDenseConfig(**{**SMALL, **fields})
+    with pytest.raises(ValueError, match=match):
+        to_hf(LlmArchDenseForCausalLM(config), target=target)
