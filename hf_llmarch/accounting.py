@@ -1,0 +1,293 @@
+"""Parameters, active parameters, FLOPs per token and cache bytes per token, from a config alone.
+
+Nothing here builds a model, so the figures are instant even for 100B-parameter shapes; the tests
+check them against real (tiny) models: the parameter total equals `model.parameters()` exactly
+and the cache figure equals the bytes a `DynamicCache` holds after `generate()`.
+
+Each mixer and FFN kind is described by its parameters split into matmul weights (which cost
+2 FLOPs per weight per token) and the rest (biases, norm weights, embedding tables). A new mixer
+adds one entry to `_MIXER_PARAMS` and, if it keeps a fixed-size state, `_MIXER_STATE`.
+"""
+
+import torch
+
+# (matmul weights, other parameters) of one module.
+Params = tuple[int, int]
+
+def _linear(n_in: int, n_out: int, bias: bool = False) -> Params:
+    return n_in * n_out, n_out if bias else 0
+
+
+def _add(*parts: Params) -> Params:
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def _norm_params(config, dim: int | None = None) -> int:
+    dim = dim or config.hidden_size
+    return 2 * dim if config.norm_type == "layernorm" else dim
+
+
+def _attention_params(config) -> Params:
+    h, hd = config.hidden_size, config.head_dim
+    q_out, kv_out = config.num_attention_heads * hd, config.num_key_value_heads * hd
+    qk_norm = (0, 2 * hd) if config.qk_norm else (0, 0)  # always RMSNorm, whatever norm_type
+    return _add(
+        _linear(h, q_out, config.attention_bias),
+        _linear(h, kv_out, config.attention_bias),
+        _linear(h, kv_out, config.attention_bias),
+        _linear(q_out, h, config.attention_out_bias),
+        qk_norm,
+    )
+
+
+def _retention_dims(config) -> tuple[int, int, int]:
+    heads = config.retention_num_heads
+    key_dim = config.hidden_size // heads
+    return heads, key_dim, config.retention_value_factor * key_dim
+
+
+def _retention_params(config) -> Params:
+    h = config.hidden_size
+    heads, dk, dv = _retention_dims(config)
+    return _add(
+        _linear(h, heads * dk),  # q_proj
+        _linear(h, heads * dk),  # k_proj
+        _linear(h, heads * dv),  # v_proj
+        _linear(h, heads * dv),  # g_proj
+        _linear(heads * dv, h),  # o_proj
+        (0, dv),  # g_norm, RMSNorm shared by the heads
+    )
+
+
+def _retention_state(config) -> tuple[int, int]:
+    """(state FLOPs per token, state elements) of one retention layer; the state is fp32."""
+    heads, dk, dv = _retention_dims(config)
+    # Decay + outer-product write k^T v and the read q S: about 4 FLOPs per state element.
+    return 4 * heads * dk * dv, heads * dk * dv
+
+
+_MIXER_PARAMS = {"attn": _attention_params, "swa": _attention_params, "retention": _retention_params}
+_MIXER_STATE = {"retention": _retention_state}
+# Mixers with a standard per-token K/V cache (num_key_value_heads x head_dim, keys and values).
+_KV_MIXERS = ("attn", "swa")
+_STATE_DTYPE = torch.float32  # recurrent states are kept in fp32 whatever the model dtype
+
+
+def _mixer_params(config, mixer: str) -> Params:
+    if mixer not in _MIXER_PARAMS:
+        raise NotImplementedError(f"accounting does not know mixer {mixer!r} yet; known: {sorted(_MIXER_PARAMS)}")
+    return _MIXER_PARAMS[mixer](config)
+
+
+def _dense_ffn_params(config) -> Params:
+    h, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+    up = [_linear(h, inner, bias)] * (2 if config.mlp_gated else 1)  # gate_proj + up_proj, or up_proj
+    return _add(*up, _linear(inner, h, bias))
+
+
+def _layer_counts(config) -> dict:
+    """Parameter counts of the decoder stack, split by component, with matmul/other kept apart."""
+    h, e, k = config.hidden_size, config.num_experts, config.num_experts_per_tok
+    per_expert = 3 * h * config.moe_intermediate_size  # gate_up [2I, H] + down [H, I]
+    mixers: dict[str, Params] = {}
+    dense = experts = experts_active = router = (0, 0)
+    norms = _norm_params(config)  # final norm
+    for mixer, ffn in zip(config.mixer_types, config.ffn_types):
+        mixers[mixer] = _add(mixers.get(mixer, (0, 0)), _mixer_params(config, mixer))
+        norms += _norm_params(config)  # input_layernorm
+        if ffn == "none":
+            continue
+        norms += _norm_params(config)  # post_attention_layernorm
+        if ffn == "moe":
+            router = _add(router, _linear(h, e))
+            experts = _add(experts, (e * per_expert, 0))
+            experts_active = _add(experts_active, (k * per_expert, 0))
+        else:
+            dense = _add(dense, _dense_ffn_params(config))
+    return {
+        "mixers": mixers,
+        "dense_ffn": dense,
+        "moe_experts": experts,
+        "moe_experts_active": experts_active,
+        "router": router,
+        "norms": norms,
+    }
+
+
+def count_parameters(config) -> dict:
+    """Total and active parameters of the causal LM that `config` builds, and where they sit.
+
+    `total` equals `sum(p.numel() for p in model.parameters())` (tied weights once).
+    `active` is what one token touches: every parameter except the routed experts it is not sent
+    to (num_experts_per_tok of num_experts count per MoE layer; the router counts fully). As is
+    customary, the whole embedding table counts as active.
+    """
+    layers = _layer_counts(config)
+    embeddings = config.vocab_size * config.hidden_size
+    if config.position_embedding_type == "learned":
+        embeddings += config.max_position_embeddings * config.hidden_size
+    lm_head = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
+    mixers = {name: sum(p) for name, p in layers["mixers"].items()}
+    shared = embeddings + lm_head + sum(mixers.values()) + sum(layers["dense_ffn"]) + sum(layers["router"])
+    shared += layers["norms"]
+    return {
+        "total": shared + sum(layers["moe_experts"]),
+        "active": shared + sum(layers["moe_experts_active"]),
+        "embeddings": embeddings,
+        "lm_head": lm_head,
+        "mixers": mixers,
+        "dense_ffn": sum(layers["dense_ffn"]),
+        "moe_experts": sum(layers["moe_experts"]),
+        "moe_experts_active": sum(layers["moe_experts_active"]),
+        "router": sum(layers["router"]),
+        "norms": layers["norms"],
+    }
+
+
+def _attended_tokens(config, layer_type: str, context: int) -> int:
+    if layer_type == "sliding_attention":
+        return min(context, config.sliding_window)
+    return context
+
+
+def flops_per_token(config, context: int) -> dict:
+    """Forward FLOPs for one token that sees `context` tokens (itself included), and training ≈ 3×.
+
+        forward = 2 * M + sum_attention_layers 4 * n_kv(layer) * num_heads * head_dim + sum_recurrent S
+
+    * M: active matmul weights, i.e. the weight matrices of every projection, FFN, router and the
+      active experts, plus the LM head (vocab x hidden, a matmul even when tied). The embedding
+      lookup, biases and norm weights are not matmuls and are left out.
+    * n_kv: keys attended, `context` for full attention, min(context, sliding_window) for sliding
+      layers; 4 = 2 (q·k) + 2 (weights·v) FLOPs per key per head dimension.
+    * S: a recurrent mixer's state update and read-out (retention: 4 * H * Dk * Dv), constant in
+      context.
+    * training = 3 * forward (backward ≈ 2 × forward).
+    """
+    if context < 1:
+        raise ValueError(f"context={context} must be a positive number of tokens")
+    layers = _layer_counts(config)
+    matmul = sum(p[0] for p in layers["mixers"].values()) + layers["dense_ffn"][0]
+    matmul += layers["router"][0] + layers["moe_experts_active"][0] + config.vocab_size * config.hidden_size
+    attention = state = 0
+    for mixer, layer_type in zip(config.mixer_types, config.layer_types):
+        if mixer in _MIXER_STATE:
+            state += _MIXER_STATE[mixer](config)[0]
+        elif mixer in _KV_MIXERS:
+            attended = _attended_tokens(config, layer_type, context)
+            attention += 4 * attended * config.num_attention_heads * config.head_dim
+    forward = 2 * matmul + attention + state
+    return {
+        "context": context,
+        "matmul_params": matmul,
+        "matmul": 2 * matmul,
+        "attention": attention,
+        "recurrent_state": state,
+        "forward": forward,
+        "training": 3 * forward,
+    }
+
+
+def _layer_cache_bytes(config, layer_idx: int, context: int, dtype: torch.dtype) -> tuple[int, bool]:
+    """(bytes layer `layer_idx` holds at `context` for batch 1, whether that stopped growing)."""
+    mixer, layer_type = config.mixer_types[layer_idx], config.layer_types[layer_idx]
+    if mixer in _MIXER_STATE:
+        return _MIXER_STATE[mixer](config)[1] * _STATE_DTYPE.itemsize, True
+    if mixer not in _KV_MIXERS:
+        raise NotImplementedError(f"accounting does not know the cache of mixer {mixer!r} ({layer_type}) yet")
+    per_token = 2 * config.num_key_value_heads * config.head_dim * dtype.itemsize  # keys + values
+    if layer_type == "sliding_attention":
+        # DynamicSlidingWindowLayer keeps the last window - 1 tokens; the current one is appended.
+        held = min(context, config.sliding_window - 1)
+        return held * per_token, context >= config.sliding_window - 1
+    return context * per_token, False
+
+
+def cache_bytes_per_token(config, context: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Bytes the generation cache holds for one sequence after `context` tokens, and per token.
+
+    * full attention: 2 (k, v) * num_key_value_heads * head_dim * dtype bytes for every token;
+    * sliding attention: the same for min(context, sliding_window - 1) tokens (what transformers'
+      DynamicSlidingWindowLayer keeps);
+    * recurrent mixers (retention): a fixed fp32 state, [H, Dk, Dv] per layer, whatever `context`.
+
+    `bytes_per_token` figures are total / context. `constant_layers` lists the layers whose cache
+    no longer grows at this context (recurrent always, sliding once the window is full).
+    """
+    if context < 1:
+        raise ValueError(f"context={context} must be a positive number of tokens")
+    by_type: dict[str, dict] = {}
+    constant_layers = []
+    for i, layer_type in enumerate(config.layer_types):
+        held, constant = _layer_cache_bytes(config, i, context, dtype)
+        entry = by_type.setdefault(layer_type, {"layers": 0, "total_bytes": 0, "constant_in_context": True})
+        entry["layers"] += 1
+        entry["total_bytes"] += held
+        entry["constant_in_context"] &= constant
+        if constant:
+            constant_layers.append(i)
+    for entry in by_type.values():
+        entry["bytes_per_token"] = entry["total_bytes"] / context
+    total = sum(entry["total_bytes"] for entry in by_type.values())
+    return {
+        "context": context,
+        "dtype": str(dtype).removeprefix("torch."),
+        "total_bytes": total,
+        "bytes_per_token": total / context,
+        "by_layer_type": by_type,
+        "constant_layers": constant_layers,
+    }
+
+
+def summarize(config, context: int = 4096, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Everything above for one config, JSON-serialisable."""
+    return {
+        "model_type": config.model_type,
+        "layer_pattern": config.layer_pattern,
+        "num_hidden_layers": config.num_hidden_layers,
+        "layer_types": {t: config.layer_types.count(t) for t in dict.fromkeys(config.layer_types)},
+        "context": context,
+        "dtype": str(dtype).removeprefix("torch."),
+        "parameters": count_parameters(config),
+        "flops": flops_per_token(config, context),
+        "cache": cache_bytes_per_token(config, context, dtype),
+    }
+
+
+def _human(n: float, units=("", "K", "M", "B", "T"), base: int = 1000) -> str:
+    for unit in units[:-1]:
+        if abs(n) < base:
+            return f"{n:.4g}{unit}" if unit else f"{n:.4g}"
+        n /= base
+    return f"{n:.4g}{units[-1]}"
+
+
+def _human_bytes(n: float) -> str:
+    return _human(n, units=(" B", " KiB", " MiB", " GiB", " TiB"), base=1024)
+
+
+def format_summary(summary: dict) -> str:
+    """A readable table of `summarize()`'s figures."""
+    params, flops, cache = summary["parameters"], summary["flops"], summary["cache"]
+    ctx = summary["context"]
+    rows = [
+        ("model_type", summary["model_type"]),
+        ("layer pattern", summary["layer_pattern"]),
+        ("layers", ", ".join(f"{n} {t}" for t, n in summary["layer_types"].items())),
+        ("parameters", f"{_human(params['total'])} ({params['total']:,})"),
+        ("active parameters", f"{_human(params['active'])} ({params['active']:,})"),
+        ("  embeddings / lm_head", f"{_human(params['embeddings'])} / {_human(params['lm_head'])}"),
+        *((f"  mixer {name}", _human(n)) for name, n in params["mixers"].items()),
+        ("  dense FFN", _human(params["dense_ffn"])),
+        ("  MoE experts (active)", f"{_human(params['moe_experts'])} ({_human(params['moe_experts_active'])})"),
+        ("  router / norms", f"{_human(params['router'])} / {_human(params['norms'])}"),
+        (f"FLOPs/token @ {ctx}", f"{_human(flops['forward'])} forward, {_human(flops['training'])} training"),
+        (f"cache @ {ctx} ({cache['dtype']})", f"{_human_bytes(cache['total_bytes'])} per sequence"),
+        ("cache/token", _human_bytes(cache["bytes_per_token"])),
+        *(
+            (f"  {t} x{e['layers']}", f"{_human_bytes(e['total_bytes'])}{' (constant)' if e['constant_in_context'] else ''}")
+            for t, e in cache["by_layer_type"].items()
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

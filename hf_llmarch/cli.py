@@ -1,0 +1,218 @@
+"""The `llmarch` command: list presets, init a random model, print its accounting, convert
+checkpoints, and run the demo and benchmarks (which live in their own modules)."""
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+import torch
+
+from . import __version__, list_presets, load_preset
+from .accounting import format_summary, summarize
+from .configuration import LlmArchConfig
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DELEGATES = {
+    "demo": "train and sample a tiny model on the embedded corpus",
+    "bench": "benchmark the mixers and models",
+}
+
+
+class CliError(Exception):
+    """A user mistake: reported as one line on stderr with exit code 2."""
+
+
+# Raised by our own subcommands for bad input (unknown preset, invalid config, unreadable path).
+# NotImplementedError: accounting does not know a mixer yet.
+USER_ERRORS = (CliError, ValueError, OSError, NotImplementedError)
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    """`key=value` pairs; values are JSON (1, 0.5, true, [1, 2], "x") or else plain strings."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--set {pair!r} is not of the form key=value")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return overrides
+
+
+def _preset_config(name: str, overrides: dict) -> LlmArchConfig:
+    base = load_preset(name)
+    # Configs accept any keyword silently, so a typo would otherwise be ignored.
+    unknown = sorted(set(overrides) - set(base.to_dict()))
+    if unknown:
+        raise CliError(f"--set: {base.__class__.__name__} has no field {', '.join(map(repr, unknown))}")
+    return load_preset(name, **overrides) if overrides else base
+
+
+def _resolve_config(target: str) -> LlmArchConfig:
+    """A preset name or a checkpoint directory -> its config."""
+    if os.path.isdir(target):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(target)
+        except (OSError, ValueError) as err:
+            raise CliError(f"cannot read a config from {target!r}: {err}") from err
+        if not isinstance(config, LlmArchConfig):
+            raise CliError(
+                f"{target!r} holds a {config.model_type!r} checkpoint, not an hf_llmarch one; "
+                "convert it first with `llmarch convert --from-hf`"
+            )
+        return config
+    if target not in list_presets():
+        raise CliError(f"{target!r} is neither a preset nor a checkpoint directory; presets: {', '.join(list_presets())}")
+    return _preset_config(target, {})
+
+
+def _cmd_list(args) -> int:
+    from .models import FAMILIES
+
+    print("families:")
+    for name, (config_cls, *_) in FAMILIES.items():
+        print(f"  {name:<10} {config_cls.model_type}")
+    print("presets:")
+    presets = list_presets()
+    width = max(map(len, presets), default=0)
+    for name, preset in presets.items():
+        print(f"  {name:<{width}}  {preset.get('_description', '')}")
+    return 0
+
+
+def _cmd_init(args) -> int:
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from .data import BYTE_VOCAB_SIZE, byte_tokenizer
+
+    config = _preset_config(args.preset, _parse_overrides(args.set))
+    set_seed(args.seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(args.out)
+    byte_tokenizer().save_pretrained(args.out)
+    if config.vocab_size < BYTE_VOCAB_SIZE:
+        print(
+            f"warning: the byte tokenizer emits ids up to {BYTE_VOCAB_SIZE - 1} but vocab_size={config.vocab_size}",
+            file=sys.stderr,
+        )
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"saved a random {args.preset} model ({n_params:,} parameters) and the byte tokenizer to {args.out}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    if args.context < 1:
+        raise CliError(f"--context {args.context} must be a positive number of tokens")
+    summary = summarize(_resolve_config(args.target), context=args.context, dtype=DTYPES[args.dtype])
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _convert_function(name: str):
+    try:
+        module = importlib.import_module("hf_llmarch.convert")
+        return getattr(module, name)
+    except (ImportError, AttributeError) as err:
+        raise CliError(f"hf_llmarch.convert.{name} is not available: {err}") from err
+
+
+def _cmd_convert(args) -> int:
+    _convert_function("save_from_hf")(args.from_hf, args.out)
+    print(f"saved the hf_llmarch checkpoint to {args.out}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    _convert_function("save_to_hf")(args.to_hf, args.out)
+    print(f"saved the native transformers checkpoint to {args.out}")
+    return 0
+
+
+def _unavailable(name: str, err: Exception):
+    def handler(args) -> int:
+        raise CliError(f"`llmarch {name}` needs hf_llmarch.{name}, which failed to import: {err}")
+
+    return handler
+
+
+def _add_delegate(subparsers, name: str, build: bool):
+    """Subcommand whose arguments and body live in hf_llmarch.<name>; imported only when it runs,
+    so a broken or missing module never breaks the other subcommands."""
+    parser = subparsers.add_parser(name, help=DELEGATES[name], description=DELEGATES[name])
+    if not build:
+        return
+    try:
+        module = importlib.import_module(f"hf_llmarch.{name}")
+    except ImportError as err:
+        parser.description += f" (unavailable: hf_llmarch.{name} failed to import: {err})"
+        parser.set_defaults(handler=_unavailable(name, err))
+        return
+    module.add_arguments(parser)
+    # The module reports its own errors; only a failed import is ours to turn into one line.
+    parser.set_defaults(handler=module.run, user_errors=(CliError,))
+
+
+def _add_own_commands(subparsers):
+    p = subparsers.add_parser("list", help="list model families and presets")
+    p.set_defaults(handler=_cmd_list)
+
+    p = subparsers.add_parser("init", help="save a randomly initialised model of a preset, with the byte tokenizer")
+    p.add_argument("preset", metavar="PRESET", help="preset name (see `llmarch list`)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the initialisation (default 0)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field; VALUE is JSON (4, 1e-5, true, [1,2]) or a plain string; repeatable",
+    )
+    p.set_defaults(handler=_cmd_init)
+
+    p = subparsers.add_parser("info", help="parameters, FLOPs/token and cache bytes/token of a preset or checkpoint")
+    p.add_argument("target", metavar="PRESET_OR_PATH", help="preset name or checkpoint directory")
+    p.add_argument("--context", type=int, default=4096, help="context length in tokens (default 4096)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="cache dtype (default bf16)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=_cmd_info)
+
+    p = subparsers.add_parser("convert", help="convert a native transformers checkpoint to hf_llmarch")
+    p.add_argument("--from-hf", required=True, metavar="SRC", help="native checkpoint directory or hub id")
+    p.add_argument("--out", required=True, metavar="DST", help="output directory")
+    p.set_defaults(handler=_cmd_convert)
+
+    p = subparsers.add_parser("export", help="export an hf_llmarch checkpoint to its native transformers model")
+    p.add_argument("--to-hf", required=True, metavar="SRC", help="hf_llmarch checkpoint directory")
+    p.add_argument("--out", required=True, metavar="DST", help="output directory")
+    p.set_defaults(handler=_cmd_export)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; `command` names the subcommand about to run, whose delegate module
+    (demo, bench) is the only one imported."""
+    parser = argparse.ArgumentParser(prog="llmarch", description="LLM architecture families for transformers")
+    parser.add_argument("--version", action="version", version=f"hf_llmarch {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_own_commands(subparsers)
+    for name in DELEGATES:
+        _add_delegate(subparsers, name, build=name == command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
+    try:
+        return args.handler(args)
+    except getattr(args, "user_errors", USER_ERRORS) as err:
+        message = " ".join(str(err).split())  # one line, whatever the source
+        print(f"llmarch {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

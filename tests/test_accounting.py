@@ -1,0 +1,235 @@
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+import hf_llmarch
+from hf_llmarch.accounting import (
+    cache_bytes_per_token,
+    count_parameters,
+    flops_per_token,
+    format_summary,
+    summarize,
+)
+from hf_llmarch.mixers import MIXER_CLASSES
+from hf_llmarch.models.dense import LlmArchDenseConfig
+from hf_llmarch.models.hybrid import LlmArchHybridConfig
+
+HAS_RETENTION = "retention" in MIXER_CLASSES
+needs_retention = pytest.mark.skipif(not HAS_RETENTION, reason="the retention mixer is not written yet")
+
+TINY = dict(vocab_size=258, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2)
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
+
+
+def _configs():
+    yield "llama-tiny", hf_llmarch.load_preset("llama-tiny")
+    yield "gpt2-tiny", hf_llmarch.load_preset("gpt2-tiny")
+    yield "qknorm-bias-untied", LlmArchDenseConfig(
+        **TINY, layer_pattern="(attn/mlp)x2", qk_norm=True, attention_bias=True, attention_out_bias=True,
+        mlp_bias=True, tie_word_embeddings=False,
+    )
+    yield "moe", LlmArchDenseConfig(**TINY, **MOE, layer_pattern="(attn/moe)x2")
+    yield "ffn-none-layernorm", LlmArchDenseConfig(**TINY, layer_pattern="attn/none attn/mlp", norm_type="layernorm")
+    if HAS_RETENTION:
+        yield "hybrid", LlmArchHybridConfig(**TINY, **MOE, layer_pattern="(retention/moe attn/mlp)x2")
+
+
+CONFIGS = dict(_configs())
+
+
+def _measured_breakdown(model, config) -> dict:
+    """Parameter counts of a real model, grouped like count_parameters' breakdown."""
+    counts = {"embeddings": 0, "lm_head": 0, "dense_ffn": 0, "moe_experts": 0, "router": 0, "norms": 0, "mixers": {}}
+    for name, p in model.named_parameters():  # tied weights are yielded once
+        parts = name.split(".")
+        if parts[0] == "lm_head":
+            key = "lm_head"
+        elif parts[1] in ("embed_tokens", "embed_positions"):
+            key = "embeddings"
+        elif parts[1] == "norm" or "layernorm" in parts[3]:
+            key = "norms"
+        elif parts[3] == "mlp":
+            is_moe = config.ffn_types[int(parts[2])] == "moe"
+            key = {"experts": "moe_experts", "gate": "router"}[parts[4]] if is_moe else "dense_ffn"
+        else:
+            mixer = config.mixer_types[int(parts[2])]
+            counts["mixers"][mixer] = counts["mixers"].get(mixer, 0) + p.numel()
+            continue
+        counts[key] += p.numel()
+    return counts
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_parameter_count_matches_real_model(name):
+    config = CONFIGS[name]
+    model = AutoModelForCausalLM.from_config(config)
+    counted = count_parameters(config)
+    assert counted["total"] == sum(p.numel() for p in model.parameters())
+    measured = _measured_breakdown(model, config)
+    for key, value in measured.items():
+        assert counted[key] == value, key
+
+
+def test_retention_hybrid_is_covered_or_skipped():
+    if not HAS_RETENTION:
+        pytest.skip("the retention mixer is not written yet")
+    assert "retention" in count_parameters(CONFIGS["hybrid"])["mixers"]
+
+
+def test_lm_head_counts_only_when_untied():
+    tied = count_parameters(CONFIGS["llama-tiny"])
+    untied = count_parameters(hf_llmarch.load_preset("llama-tiny", tie_word_embeddings=False))
+    assert tied["lm_head"] == 0
+    assert untied["lm_head"] == 258 * 128
+    assert untied["total"] - tied["total"] == 258 * 128
+
+
+def test_moe_active_parameters_by_hand():
+    counted = count_parameters(CONFIGS["moe"])
+    per_expert = 3 * 32 * 16  # gate_up [2*16, 32] + down [32, 16]
+    assert counted["moe_experts"] == 2 * 4 * per_expert
+    assert counted["moe_experts_active"] == 2 * 2 * per_expert
+    assert counted["router"] == 2 * 32 * 4
+    assert counted["active"] == counted["total"] - 2 * (4 - 2) * per_expert
+    assert counted["active"] < counted["total"]
+    dense = count_parameters(CONFIGS["llama-tiny"])
+    assert dense["active"] == dense["total"]
+
+
+@pytest.mark.parametrize(
+    "preset,total",
+    [("llama3-8b", 8_030_261_248), ("mistral-7b", 7_241_732_096), ("qwen2-0.5b", 494_032_768), ("gpt2-small", 124_439_808)],
+)
+def test_real_shapes_match_published_counts(preset, total):
+    assert count_parameters(hf_llmarch.load_preset(preset))["total"] == total
+
+
+def _generate_with_cache(config, prompt_len: int, new_tokens: int, dtype=torch.float32):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).to(dtype).eval()
+    cache = DynamicCache(config=model.config)
+    ids = torch.randint(0, 256, (1, prompt_len))
+    out = model.generate(
+        ids, past_key_values=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+        return_dict_in_generate=True, pad_token_id=0,
+    )
+    # The last sampled token is never fed back, so the cache has seen one token less.
+    return out.past_key_values, out.sequences.shape[1] - 1
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _measured_cache_bytes(cache, config) -> dict[str, int]:
+    by_type: dict[str, int] = {}
+    for layer, layer_type in zip(cache.layers, config.layer_types):
+        held = _tensor_bytes([getattr(layer, "keys", None), getattr(layer, "values", None)])
+        held += _tensor_bytes(getattr(layer, "recurrent_states", {}).values())
+        held += _tensor_bytes(getattr(layer, "conv_states", {}).values())
+        by_type[layer_type] = by_type.get(layer_type, 0) + held
+    return by_type
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_full_attention_cache_bytes_match_dynamic_cache(dtype):
+    config = LlmArchDenseConfig(**TINY, layer_pattern="(attn/mlp)x2")
+    cache, context = _generate_with_cache(config, prompt_len=5, new_tokens=4, dtype=dtype)
+    predicted = cache_bytes_per_token(config, context, dtype=dtype)
+    assert predicted["total_bytes"] == sum(_measured_cache_bytes(cache, config).values())
+    assert predicted["bytes_per_token"] == 2 * 2 * 2 * 8 * dtype.itemsize  # layers * (k, v) * kv heads * head_dim
+    assert predicted["constant_layers"] == []
+
+
+def test_sliding_cache_bytes_match_dynamic_cache_beyond_window():
+    config = LlmArchDenseConfig(**TINY, layer_pattern="attn/mlp swa/mlp", sliding_window=4)
+    cache, context = _generate_with_cache(config, prompt_len=7, new_tokens=6)
+    assert context > config.sliding_window
+    predicted = cache_bytes_per_token(config, context, dtype=torch.float32)
+    measured = _measured_cache_bytes(cache, config)
+    for layer_type, held in measured.items():
+        assert predicted["by_layer_type"][layer_type]["total_bytes"] == held, layer_type
+    sliding = predicted["by_layer_type"]["sliding_attention"]
+    assert sliding["total_bytes"] == (4 - 1) * 2 * 2 * 8 * 4  # window - 1 tokens
+    assert sliding["constant_in_context"] and predicted["constant_layers"] == [1]
+    assert predicted["bytes_per_token"] * context == pytest.approx(predicted["total_bytes"])
+
+
+def test_sliding_cache_grows_until_the_window_fills():
+    config = LlmArchDenseConfig(**TINY, layer_pattern="swa/mlp", sliding_window=8)
+    totals = [cache_bytes_per_token(config, c)["total_bytes"] for c in (3, 6, 7, 8, 100)]
+    assert totals[0] < totals[1] < totals[2] == totals[3] == totals[4]
+    assert cache_bytes_per_token(config, 3)["constant_layers"] == []
+
+
+@needs_retention
+def test_retention_cache_is_constant_and_matches_dynamic_cache():
+    config = LlmArchHybridConfig(**TINY, **MOE, layer_pattern="retention/moe attn/mlp")
+    measured = []
+    for new_tokens in (2, 6):
+        cache, context = _generate_with_cache(config, prompt_len=5, new_tokens=new_tokens, dtype=torch.bfloat16)
+        predicted = cache_bytes_per_token(config, context, dtype=torch.bfloat16)
+        held = _measured_cache_bytes(cache, config)
+        assert predicted["total_bytes"] == sum(held.values())
+        assert predicted["by_layer_type"]["linear_attention"]["total_bytes"] == held["linear_attention"]
+        assert predicted["constant_layers"] == [0]
+        measured.append(held["linear_attention"])
+    heads, dk = 4, 8
+    assert measured[0] == measured[1] == heads * dk * (2 * dk) * 4  # fp32 state [H, Dk, Dv]
+
+
+def test_attention_flops_grow_linearly_with_context():
+    config = LlmArchDenseConfig(**TINY, layer_pattern="(attn/mlp)x2")
+    f = [flops_per_token(config, c)["forward"] for c in (100, 200, 300)]
+    assert f[1] - f[0] == f[2] - f[1] == 4 * 2 * 100 * 4 * 8  # 4 * layers * dctx * heads * head_dim
+
+
+def test_sliding_flops_stop_growing_beyond_the_window():
+    config = LlmArchDenseConfig(**TINY, layer_pattern="swa/mlp", sliding_window=16)
+    f = {c: flops_per_token(config, c)["forward"] for c in (8, 16, 17, 1000)}
+    assert f[8] < f[16] == f[17] == f[1000]
+
+
+@needs_retention
+def test_retention_flops_are_constant_in_context():
+    config = LlmArchHybridConfig(**TINY, layer_pattern="(retention/mlp)x2")
+    short, long = flops_per_token(config, 10), flops_per_token(config, 100_000)
+    assert short == {**long, "context": 10}
+    assert short["attention"] == 0
+    assert short["recurrent_state"] == 2 * 4 * 4 * 8 * 16  # layers * 4 * H * Dk * Dv
+
+
+def test_flops_spot_value_by_hand():
+    config = LlmArchDenseConfig(
+        vocab_size=10, hidden_size=8, intermediate_size=16, num_attention_heads=2, num_key_value_heads=1,
+        layer_pattern="attn/mlp", attention_bias=True, tie_word_embeddings=True,
+    )
+    # q 8x8 + k 8x4 + v 8x4 + o 8x8 = 192; SwiGLU 3 * 8 * 16 = 384; LM head 10 * 8 = 80 (tied, still a matmul).
+    flops = flops_per_token(config, 5)
+    assert flops["matmul_params"] == 192 + 384 + 80
+    assert flops["attention"] == 4 * 5 * 2 * 4
+    assert flops["forward"] == 2 * 656 + 160
+    assert flops["training"] == 3 * flops["forward"]
+
+
+def test_bad_context_and_unknown_mixer_raise():
+    config = CONFIGS["llama-tiny"]
+    with pytest.raises(ValueError, match="context"):
+        flops_per_token(config, 0)
+    with pytest.raises(ValueError, match="context"):
+        cache_bytes_per_token(config, 0)
+    fake = SimpleNamespace(**config.to_dict())
+    fake.mixer_types = ["nonexistent"] * config.num_hidden_layers
+    with pytest.raises(NotImplementedError, match="nonexistent"):
+        count_parameters(fake)
+
+
+def test_summary_is_json_and_readable():
+    summary = summarize(hf_llmarch.load_preset("llama3-8b"), context=8192)
+    assert json.loads(json.dumps(summary)) == summary
+    assert summary["cache"]["bytes_per_token"] == 32 * 2 * 8 * 128 * 2  # 128 KiB in bf16
+    text = format_summary(summary)
+    assert "8.03B" in text and "(attn/mlp)x32" in text and "128 KiB" in text

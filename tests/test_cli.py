@@ -1,0 +1,139 @@
+import json
+import sys
+from types import ModuleType
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import hf_llmarch
+import hf_llmarch.convert
+from hf_llmarch.accounting import count_parameters
+from hf_llmarch.cli import _parse_overrides, main
+
+SUBCOMMANDS = ["list", "init", "info", "convert", "export", "demo", "bench"]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("llama-tiny")
+    assert main(["init", "llama-tiny", "--out", str(out), "--seed", "3"]) == 0
+    return out
+
+
+def test_list_shows_families_and_presets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "llmarch_dense" in out and "llmarch_hybrid" in out
+    for name, preset in hf_llmarch.list_presets().items():
+        assert name in out and preset.get("_description", "") in out
+
+
+def test_init_saves_a_loadable_model_and_tokenizer(tiny_checkpoint):
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    assert model.config.model_type == "llmarch_dense"
+    assert sum(p.numel() for p in model.parameters()) == count_parameters(model.config)["total"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    ids = tokenizer("héllo", return_tensors="pt").input_ids
+    assert tokenizer.decode(ids[0]) == "héllo"
+    assert model(ids).logits.shape == (1, ids.shape[1], 258)
+
+
+def test_init_seed_decides_the_weights(tiny_checkpoint, tmp_path):
+    assert main(["init", "llama-tiny", "--out", str(tmp_path / "same"), "--seed", "3"]) == 0
+    assert main(["init", "llama-tiny", "--out", str(tmp_path / "other"), "--seed", "4"]) == 0
+    ref = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).state_dict()
+    same = AutoModelForCausalLM.from_pretrained(tmp_path / "same").state_dict()
+    other = AutoModelForCausalLM.from_pretrained(tmp_path / "other").state_dict()
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(ref[key], same[key])
+    assert not torch.equal(ref[key], other[key])
+
+
+def test_init_set_overrides_config_fields(tmp_path):
+    out = tmp_path / "small"
+    argv = ["init", "llama-tiny", "--out", str(out), "--set", "hidden_size=64", "--set", "layer_pattern=(attn/mlp)x2"]
+    assert main([*argv, "--set", "tie_word_embeddings=false", "--set", "norm_eps=1e-5"]) == 0
+    config = AutoModelForCausalLM.from_pretrained(out).config
+    assert (config.hidden_size, config.num_hidden_layers) == (64, 2)
+    assert config.tie_word_embeddings is False and config.norm_eps == 1e-5
+
+
+def test_set_values_are_json_or_strings():
+    parsed = _parse_overrides(["a=4", "b=0.5", "c=true", "d=silu", "e=[1, 2]", 'f="x y"', "g=null", "h=a=b"])
+    assert parsed == {"a": 4, "b": 0.5, "c": True, "d": "silu", "e": [1, 2], "f": "x y", "g": None, "h": "a=b"}
+
+
+def test_info_llama3_8b_exact_parameter_count(capsys):
+    assert main(["info", "llama3-8b"]) == 0
+    out = capsys.readouterr().out
+    assert "8,030,261,248" in out and "8.03B" in out
+    assert main(["info", "llama3-8b", "--json", "--context", "8192", "--dtype", "fp32"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parameters"]["total"] == 8_030_261_248
+    assert summary["cache"]["bytes_per_token"] == 32 * 2 * 8 * 128 * 4
+    assert summary["context"] == 8192
+
+
+def test_info_reads_a_checkpoint_dir(tiny_checkpoint, capsys):
+    assert main(["info", str(tiny_checkpoint), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parameters"]["total"] == count_parameters(hf_llmarch.load_preset("llama-tiny"))["total"]
+    assert summary["layer_pattern"] == "(attn/mlp)x4"
+
+
+@pytest.mark.parametrize("argv", [[], *([cmd] for cmd in SUBCOMMANDS)])
+def test_help_exits_zero(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    assert "usage: llmarch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["info", "no-such-preset"], "no-such-preset"),
+        (["init", "no-such-preset", "--out", "unused"], "no-such-preset"),
+        (["init", "llama-tiny", "--out", "unused", "--set", "bogus_field=1"], "bogus_field"),
+        (["init", "llama-tiny", "--out", "unused", "--set", "novalue"], "novalue"),
+        (["init", "llama-tiny", "--out", "unused", "--set", "num_hidden_layers=3"], "num_hidden_layers"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_info_rejects_a_dir_without_config(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_convert_and_export_delegate(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(hf_llmarch.convert, "save_from_hf", lambda src, out: calls.append(("from", src, out)), raising=False)
+    monkeypatch.setattr(hf_llmarch.convert, "save_to_hf", lambda src, out: calls.append(("to", src, out)), raising=False)
+    assert main(["convert", "--from-hf", "src", "--out", "dst"]) == 0
+    assert main(["export", "--to-hf", "ours", "--out", "native"]) == 0
+    assert calls == [("from", "src", "dst"), ("to", "ours", "native")]
+
+
+def test_delegated_subcommand_gets_its_own_arguments(monkeypatch):
+    fake = ModuleType("hf_llmarch.bench")
+    fake.add_arguments = lambda parser: parser.add_argument("--steps", type=int, default=1)
+    fake.run = lambda args: 7 if args.steps == 5 else 1
+    monkeypatch.setitem(sys.modules, "hf_llmarch.bench", fake)
+    assert main(["bench", "--steps", "5"]) == 7
+
+
+def test_missing_delegate_reports_clearly(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "hf_llmarch.demo", None)  # makes `import hf_llmarch.demo` fail
+    assert main(["demo"]) == 2
+    assert "hf_llmarch.demo" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+    assert main(["list"]) == 0
