@@ -1,0 +1,74 @@
+"""Config validation: every bad setting raises a ValueError that names the field."""
+
+import pytest
+from transformers import AutoConfig
+
+import hf_llmarch
+from hf_llmarch.models.dense import LlmArchDenseConfig
+from hf_llmarch.models.hybrid import LlmArchHybridConfig
+from hf_llmarch.pattern import compress_pattern, expand_pattern
+
+BAD = [
+    (dict(hidden_size=100, num_attention_heads=8), "num_attention_heads"),
+    (dict(num_attention_heads=8, num_key_value_heads=3), "num_key_value_heads"),
+    (dict(layer_pattern="(attn/mlp)x3", num_hidden_layers=4), "num_hidden_layers"),
+    (dict(layer_pattern="attn/mlp mamba9/mlp"), "mamba9"),
+    (dict(layer_pattern="attn/ffx"), "ffn_types"),
+    (dict(rope_parameters={"rope_type": "spiral", "rope_theta": 1e4}), "rope_type"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e4}), "factor"),
+    (dict(layer_pattern="swa/mlp attn/mlp"), "sliding_window"),
+    (dict(sliding_window=0, layer_pattern="swa"), "sliding_window"),
+    (dict(norm_type="batchnorm"), "norm_type"),
+    (dict(hidden_act="swoosh"), "hidden_act"),
+    (dict(position_embedding_type="alibi"), "position_embedding_type"),
+    (dict(layer_pattern="(attn/moe)x2", num_experts=4, num_experts_per_tok=5), "num_experts_per_tok"),
+    (dict(layer_pattern="retention/mlp", hidden_size=96, retention_num_heads=5, num_attention_heads=4), "retention_num_heads"),
+    (dict(pad_token_id=40000, vocab_size=32000), "pad_token_id"),
+    (dict(moe_impl="cuda-magic"), "moe_impl"),
+    (dict(retention_mode="fast"), "retention_mode"),
+    (dict(layer_pattern="(attn/mlp x2"), "layer_pattern"),
+    (dict(layer_pattern="attn", mixer_types=["retention"]), "mixer_types"),
+    (dict(layer_pattern="attn", layer_types=["linear_attention"]), "layer_types"),
+    (dict(vocab_size=0), "vocab_size"),
+]
+
+
+@pytest.mark.parametrize("fields,named", BAD, ids=[b[1] + str(i) for i, b in enumerate(BAD)])
+def test_bad_config_names_the_field(fields, named):
+    with pytest.raises(ValueError, match=named):
+        LlmArchHybridConfig(**fields)
+
+
+def test_pattern_grammar_round_trip():
+    layers = expand_pattern("(retention/moe attn)x2 swa/none")
+    assert layers == [("retention", "moe"), ("attn", "mlp"), ("retention", "moe"), ("attn", "mlp"), ("swa", "none")]
+    assert expand_pattern("((attn/mlp)x2 retention)x2") == [("attn", "mlp")] * 2 + [("retention", "mlp")] + [("attn", "mlp")] * 2 + [("retention", "mlp")]
+    assert compress_pattern(["attn", "retention"] * 3, ["mlp", "moe"] * 3) == "(attn/mlp retention/moe)x3"
+
+
+def test_pattern_derives_transformers_layer_types_and_round_trips(tmp_path):
+    config = LlmArchHybridConfig(layer_pattern="(retention/moe attn/mlp swa/mlp)x2", sliding_window=8, hidden_size=64, num_attention_heads=4)
+    assert config.num_hidden_layers == 6
+    assert config.layer_types[:3] == ["linear_attention", "full_attention", "sliding_attention"]
+    assert config.ffn_types[:3] == ["moe", "mlp", "mlp"]
+    config.save_pretrained(tmp_path)
+    again = AutoConfig.from_pretrained(tmp_path)
+    assert type(again) is LlmArchHybridConfig
+    assert (again.mixer_types, again.ffn_types, again.layer_types) == (config.mixer_types, config.ffn_types, config.layer_types)
+
+
+def test_defaults_and_presets():
+    assert LlmArchDenseConfig().mixer_types == ["attn", "attn"]
+    assert LlmArchHybridConfig(num_hidden_layers=4).layer_pattern == "(retention/moe attn/mlp)x2"
+    presets = hf_llmarch.list_presets()
+    assert {"llama-tiny", "gpt2-tiny", "hybrid-tiny", "llama3-8b"} <= set(presets)
+    assert hf_llmarch.load_preset("llama3-8b").num_key_value_heads == 8
+    assert hf_llmarch.load_preset("llama-tiny", hidden_size=256).hidden_size == 256
+    with pytest.raises(ValueError, match="unknown preset"):
+        hf_llmarch.load_preset("llama-99b")
+
+
+def test_legacy_rope_kwargs_are_standardised():
+    config = LlmArchDenseConfig(rope_theta=500000.0, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    assert config.rope_parameters["rope_type"] == "linear"
+    assert config.rope_parameters["rope_theta"] == 500000.0
