@@ -1,0 +1,92 @@
+"""The retention mixer inside the model: its forms agree, its state lives in transformers'
+cache with constant size, padding is honoured, and LoRA reaches its projections."""
+
+import pytest
+import torch
+from conftest import tiny_model
+from transformers import DynamicCache
+
+from hf_llmarch.mixers import LlmArchRetention
+
+
+def retention_only(**overrides):
+    return tiny_model("hybrid", layer_pattern="(retention/mlp)x2", **overrides)
+
+
+@pytest.mark.parametrize("seq_len,chunk", [(13, 4), (33, 16), (7, 64)])
+def test_parallel_chunk_recurrent_forms_agree_in_the_model(seq_len, chunk):
+    ids = torch.randint(0, 250, (2, seq_len))
+    logits, grads = {}, {}
+    for mode in ("parallel", "chunk", "recurrent"):
+        model = retention_only(retention_mode=mode, retention_chunk_size=chunk).double()
+        out = model(ids).logits
+        out.pow(2).mean().backward()
+        logits[mode] = out.detach()
+        grads[mode] = model.model.layers[0].retention.q_proj.weight.grad
+    for mode in ("chunk", "recurrent"):
+        torch.testing.assert_close(logits[mode], logits["parallel"], atol=1e-10, rtol=1e-8)
+        torch.testing.assert_close(grads[mode], grads["parallel"], atol=1e-10, rtol=1e-8)
+
+
+def test_state_lives_in_cache_with_constant_size():
+    model = retention_only()
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(torch.randint(0, 250, (2, 40)), past_key_values=cache, use_cache=True)
+    layer = cache.layers[0]
+    state = layer.recurrent_states[0]
+    heads, dk = model.config.retention_num_heads, model.config.hidden_size // model.config.retention_num_heads
+    assert type(layer).__name__ == "LinearAttentionLayer"
+    assert state.shape == (2, heads, dk, model.config.retention_value_factor * dk) and state.dtype == torch.float32
+    before = state.clone()
+    with torch.no_grad():
+        model(torch.randint(0, 250, (2, 1)), past_key_values=cache, use_cache=True, position_ids=torch.tensor([[40], [40]]))
+    assert cache.layers[0].recurrent_states[0].shape == before.shape
+    assert not torch.equal(cache.layers[0].recurrent_states[0], before)
+
+
+def test_right_padding_does_not_touch_the_state():
+    model = retention_only()
+    ids = torch.randint(0, 250, (1, 8))
+    padded = torch.cat([ids, torch.full((1, 3), model.config.pad_token_id)], 1)
+    mask = torch.tensor([[1] * 8 + [0] * 3])
+    states = []
+    for inputs, m in ((ids, None), (padded, mask)):
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(inputs, attention_mask=m, past_key_values=cache, use_cache=True)
+        states.append(cache.layers[1].recurrent_states[0])
+    torch.testing.assert_close(states[1], states[0], atol=1e-6, rtol=1e-5)
+
+
+def test_lora_defaults_cover_retention_projections_and_change_output():
+    from peft import LoraConfig, get_peft_model
+
+    model = retention_only()
+    ids = torch.randint(0, 250, (2, 10))
+    with torch.no_grad():
+        base = model(ids).logits
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", init_lora_weights=False))
+    wrapped = {n.split(".")[-1] for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and ".retention." in n}
+    assert {"q_proj", "k_proj", "v_proj", "g_proj", "o_proj"} <= wrapped
+    with torch.no_grad():
+        assert (peft_model(input_ids=ids).logits - base).abs().max() > 1e-4
+
+
+def test_mixer_is_registered_with_its_layer_type():
+    model = retention_only()
+    assert isinstance(model.model.layers[0].mixer, LlmArchRetention)
+    assert model.config.layer_types == ["linear_attention", "linear_attention"]
+
+
+def test_decode_cost_does_not_depend_on_context():
+    """Structural check (timing lives in `llmarch bench`): a decode step touches only the fixed
+    state, so the cache after 1 or 200 tokens holds the same number of bytes."""
+    model = retention_only()
+    sizes = []
+    for context in (1, 200):
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(torch.randint(0, 250, (1, context)), past_key_values=cache, use_cache=True)
+        sizes.append(sum(layer.recurrent_states[0].numel() for layer in cache.layers))
+    assert sizes[0] == sizes[1] > 0

@@ -1,0 +1,51 @@
+"""MoE FFN inside the backbone: aux loss reaches the output and the loss, ignores padding,
+per-expert counts are available, and training with the aux loss lowers the loss."""
+
+import torch
+from conftest import tiny_model
+from workflows.test_workflows import train
+
+from hf_llmarch.modules.moe import MoEFeedForward
+
+
+def moe_layers(model):
+    return [m for m in model.modules() if isinstance(m, MoEFeedForward)]
+
+
+def test_aux_loss_is_in_the_output_and_added_to_the_loss():
+    model = tiny_model("hybrid")
+    ids = torch.randint(0, 250, (2, 12))
+    out = model(ids, labels=ids)
+    assert out.aux_loss is not None and out.aux_loss.requires_grad
+    lm_only = model.loss_function(logits=out.logits, labels=ids, vocab_size=model.config.vocab_size)
+    torch.testing.assert_close(out.loss, lm_only + out.aux_loss)
+    layers = moe_layers(model)
+    expected = torch.stack([model.config.router_aux_loss_coef * m.last_load_balancing_loss + model.config.router_z_loss_coef * m.last_z_loss for m in layers]).mean()
+    torch.testing.assert_close(out.aux_loss.detach(), expected)
+
+
+def test_aux_loss_and_counts_ignore_padding():
+    model = tiny_model("hybrid")
+    ids = torch.randint(0, 250, (1, 9))
+    padded = torch.cat([torch.full((1, 5), model.config.pad_token_id), ids], 1)
+    mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], 1)
+    with torch.no_grad():
+        alone = model(ids)
+        counts_alone = [m.last_tokens_per_expert.clone() for m in moe_layers(model)]
+        with_pad = model(padded, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        counts_pad = [m.last_tokens_per_expert.clone() for m in moe_layers(model)]
+    torch.testing.assert_close(with_pad.aux_loss, alone.aux_loss, atol=1e-6, rtol=1e-5)
+    for a, b in zip(counts_alone, counts_pad):
+        assert torch.equal(a, b) and int(a.sum()) == 9 * model.config.num_experts_per_tok
+
+
+def test_trainer_with_aux_loss_lowers_loss(tmp_path):
+    model = tiny_model("hybrid", router_aux_loss_coef=0.05).train()
+    losses = train(model, tmp_path, steps=40)
+    assert losses[-1] < 0.75 * losses[0], losses
+    assert all(m.last_tokens_per_expert.sum() > 0 for m in moe_layers(model))
+
+
+def test_no_aux_loss_without_moe():
+    out = tiny_model("llama")(torch.randint(0, 250, (1, 6)))
+    assert out.aux_loss is None
