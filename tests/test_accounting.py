@@ -13,12 +13,9 @@ from hf_llmarch.accounting import (
     format_summary,
     summarize,
 )
-from hf_llmarch.mixers import MIXER_CLASSES
 from hf_llmarch.models.dense import LlmArchDenseConfig
 from hf_llmarch.models.hybrid import LlmArchHybridConfig
 
-HAS_RETENTION = "retention" in MIXER_CLASSES
-needs_retention = pytest.mark.skipif(not HAS_RETENTION, reason="the retention mixer is not written yet")
 
 TINY = dict(vocab_size=258, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2)
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
@@ -33,8 +30,7 @@ def _configs():
     )
     yield "moe", LlmArchDenseConfig(**TINY, **MOE, layer_pattern="(attn/moe)x2")
     yield "ffn-none-layernorm", LlmArchDenseConfig(**TINY, layer_pattern="attn/none attn/mlp", norm_type="layernorm")
-    if HAS_RETENTION:
-        yield "hybrid", LlmArchHybridConfig(**TINY, **MOE, layer_pattern="(retention/moe attn/mlp)x2")
+    yield "hybrid", LlmArchHybridConfig(**TINY, **MOE, layer_pattern="(retention/moe attn/mlp)x2")
 
 
 CONFIGS = dict(_configs())
@@ -73,9 +69,7 @@ def test_parameter_count_matches_real_model(name):
         assert counted[key] == value, key
 
 
-def test_retention_hybrid_is_covered_or_skipped():
-    if not HAS_RETENTION:
-        pytest.skip("the retention mixer is not written yet")
+def test_retention_hybrid_is_covered():
     assert "retention" in count_parameters(CONFIGS["hybrid"])["mixers"]
 
 
@@ -165,7 +159,6 @@ def test_sliding_cache_grows_until_the_window_fills():
     assert cache_bytes_per_token(config, 3)["constant_layers"] == []
 
 
-@needs_retention
 def test_retention_cache_is_constant_and_matches_dynamic_cache():
     config = LlmArchHybridConfig(**TINY, **MOE, layer_pattern="retention/moe attn/mlp")
     measured = []
@@ -193,7 +186,6 @@ def test_sliding_flops_stop_growing_beyond_the_window():
     assert f[8] < f[16] == f[17] == f[1000]
 
 
-@needs_retention
 def test_retention_flops_are_constant_in_context():
     config = LlmArchHybridConfig(**TINY, layer_pattern="(retention/mlp)x2")
     short, long = flops_per_token(config, 10), flops_per_token(config, 100_000)
@@ -233,3 +225,15 @@ def test_summary_is_json_and_readable():
     assert summary["cache"]["bytes_per_token"] == 32 * 2 * 8 * 128 * 2  # 128 KiB in bf16
     text = format_summary(summary)
     assert "8.03B" in text and "(attn/mlp)x32" in text and "128 KiB" in text
+
+
+def test_hybrid_1b_preset_reports_constant_retention_cache():
+    from hf_llmarch import load_preset
+
+    config = load_preset("hybrid-1b")
+    params = count_parameters(config)
+    assert 1.0e9 < params["total"] < 1.2e9 and params["active"] < params["total"]
+    short, long = (cache_bytes_per_token(config, context=c) for c in (256, 4096))
+    retention = [s["by_layer_type"]["linear_attention"] for s in (short, long)]
+    assert retention[0]["constant_in_context"] and retention[0]["total_bytes"] == retention[1]["total_bytes"]
+    assert long["by_layer_type"]["full_attention"]["total_bytes"] == 16 * short["by_layer_type"]["full_attention"]["total_bytes"]
