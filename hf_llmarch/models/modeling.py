@@ -4,6 +4,7 @@ A family only subclasses these with its own config class (see `dense.py`, `hybri
 stack itself is whatever `config.mixer_types` / `config.ffn_types` say.
 """
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,9 @@ from ..modules.moe import MoEExperts
 from ..modules.norms import build_norm
 from ..modules.rotary import LlmArchRotaryEmbedding
 from .block import LlmArchBlock
+
+logger = logging.getLogger("hf_llmarch")
+_logged_attention = set()
 
 MASK_BUILDERS = {
     "full_attention": create_causal_mask,
@@ -80,6 +84,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
             self.rotary_emb = LlmArchRotaryEmbedding(config)
         self.gradient_checkpointing = False
         self.post_init()
+        _log_attention_path(config)
 
     @merge_with_config_defaults
     @capture_outputs
@@ -148,6 +153,13 @@ class LlmArchModel(LlmArchPreTrainedModel):
                     layer_idx=layer_types.index(layer_type),  # 5.17 picks a wrong default in hybrids
                 )
         return masks
+
+
+def _log_attention_path(config):
+    impl = config._attn_implementation
+    if impl not in _logged_attention and any(t != "linear_attention" for t in config.layer_types):
+        _logged_attention.add(impl)
+        logger.info("attention: using transformers' %r implementation (set attn_implementation= to change)", impl)
 
 
 def _token_mask(attention_mask, seq_len: int, layer_types) -> torch.Tensor | None:
