@@ -49,3 +49,16 @@ def test_trainer_with_aux_loss_lowers_loss(tmp_path):
 def test_no_aux_loss_without_moe():
     out = tiny_model("llama")(torch.randint(0, 250, (1, 6)))
     assert out.aux_loss is None
+
+
+def test_grouped_mm_probe_inside_activation_checkpoint():
+    """The first MoE forward probes grouped_mm; under a non-reentrant checkpoint that probe must
+    not change the number of saved tensors between forward and recomputation."""
+    from hf_llmarch.ops.moe import grouped
+
+    model = tiny_model("hybrid").train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    grouped._probe_cache.clear()
+    ids = torch.randint(0, 250, (2, 16))
+    model(ids, labels=ids).loss.backward()
+    assert grouped._probe_cache and model.model.layers[0].mlp.gate.weight.grad is not None

@@ -21,7 +21,10 @@ _probe_cache: dict[tuple[str, torch.dtype], bool] = {}
 def _probe_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
     """Run a tiny aligned grouped_mm fwd+bwd (with an empty group) and compare with F.linear."""
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        # Identity saved-tensor hooks shadow an enclosing activation checkpoint's, which would
+        # otherwise count the probe's tensors and fail its recomputation check.
+        identity = torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
+        with torch.inference_mode(False), torch.enable_grad(), identity:
             # linspace, not randn: the probe must not advance the caller's RNG stream.
             a = torch.linspace(-1, 1, 8 * 16, device=device, dtype=dtype).view(8, 16).requires_grad_()
             w = torch.linspace(1, -1, 3 * 16 * 16, device=device, dtype=dtype).view(3, 16, 16).requires_grad_()
