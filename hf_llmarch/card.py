@@ -1,0 +1,104 @@
+"""Model cards: fill `templates/model_card.md` from a config and measured numbers."""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+DEFAULT_LIMITATIONS = (
+    "This is a small demonstration model: it was trained briefly on a small corpus, so its text\n"
+    "only imitates the style of that corpus. It has no factual knowledge, no instruction or\n"
+    "safety tuning, and is not suitable for any real use."
+)
+_MISSING = "n/a"
+
+
+def _template() -> Template:
+    text = resources.files("hf_llmarch").joinpath("templates/model_card.md").read_text(encoding="utf-8")
+    return Template(text)
+
+
+def _parameter_count(config, metrics: dict) -> int | None:
+    # The accounting module is the source of truth when present; a measured count is the fallback.
+    try:
+        from .accounting import count_parameters
+
+        return int(count_parameters(config)["total"])
+    except (ImportError, AttributeError, KeyError, NotImplementedError):
+        return metrics.get("num_parameters")
+
+
+def format_count(n: int | None) -> str:
+    """12345678 -> '12.35M (12,345,678)'."""
+    if n is None:
+        return _MISSING
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix} ({n:,})"
+    return f"{n:,}"
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    if value is None:
+        return _MISSING
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def _perplexity(loss: float | None) -> str:
+    if loss is None:
+        return _MISSING
+    return f"{math.exp(loss):.2f}" if loss < 50 else "inf"
+
+
+def _lora_summary(metrics: dict) -> str:
+    steps = metrics.get("lora_steps")
+    if not steps:
+        return "none"
+    data = metrics.get("lora_data", "a separate slice")
+    before, after = _fmt(metrics.get("lora_loss_before")), _fmt(metrics.get("lora_loss_after"))
+    return f"{steps} steps on {data}, eval loss {before} → {after}, adapters merged into the weights"
+
+
+def render_card(config, metrics: dict, *, title: str, notes: str = "") -> str:
+    """The Markdown model card for `config`, filled with `metrics`.
+
+    Known metric keys (all optional): `num_parameters`, `training_data`, `steps`,
+    `eval_loss_before`, `eval_loss_after`, `train_time_s`, `lora_steps`, `lora_data`,
+    `lora_loss_before`, `lora_loss_after`, `model_path`, `limitations`.
+    """
+    heads = getattr(config, "num_attention_heads", None)
+    train_time = metrics.get("train_time_s")
+    fields = {
+        "title": title,
+        "model_type": config.model_type,
+        "layer_pattern": getattr(config, "layer_pattern", None) or _MISSING,
+        "num_layers": _fmt(getattr(config, "num_hidden_layers", None)),
+        "hidden_size": _fmt(getattr(config, "hidden_size", None)),
+        "num_heads": _fmt(heads),
+        "num_kv_heads": _fmt(getattr(config, "num_key_value_heads", None) or heads),
+        "position_embedding": _fmt(getattr(config, "position_embedding_type", None)),
+        "vocab_size": _fmt(getattr(config, "vocab_size", None)),
+        "param_count": format_count(_parameter_count(config, metrics)),
+        "training_data": metrics.get("training_data", _MISSING),
+        "steps": _fmt(metrics.get("steps")),
+        "initial_loss": _fmt(metrics.get("eval_loss_before")),
+        "final_loss": _fmt(metrics.get("eval_loss_after")),
+        "initial_perplexity": _perplexity(metrics.get("eval_loss_before")),
+        "final_perplexity": _perplexity(metrics.get("eval_loss_after")),
+        "lora_summary": _lora_summary(metrics),
+        "train_time": f"{train_time:.0f} s" if train_time is not None else _MISSING,
+        "model_path": metrics.get("model_path", "path/to/model"),
+        "limitations": metrics.get("limitations", DEFAULT_LIMITATIONS),
+        "notes": f"\n## Notes\n\n{notes.strip()}\n" if notes.strip() else "",
+    }
+    return _template().substitute(fields)
+
+
+def write_card(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` (creating its folder) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
