@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import math
 import sys
 import time
@@ -30,6 +31,9 @@ from . import card as model_card
 from .data import byte_tokenizer, load_text, make_lm_datasets
 from .data.lm_data import LMBlockDataset
 from .presets import list_presets, load_preset
+
+# The demo reports through a logger; `run` shows it on stdout as plain lines.
+log = logging.getLogger("hf_llmarch.demo")
 
 DESCRIPTION = (
     "Pretrain a tiny model from scratch on CPU, generate text, LoRA fine-tune it, save and reload it "
@@ -79,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _section(title: str):
-    print(f"\n=== {title} ===", flush=True)
+    log.info(f"\n=== {title} ===")
 
 
 def _count_parameters(config) -> int:
@@ -121,9 +125,9 @@ def prepare_data(args, tokenizer):
     # seen, so both the loss drop and the change in generations are easy to see.
     lora_text = text[-LORA_TEXT_CHARS:].upper()
     lora_train, lora_eval = make_lm_datasets(lora_text, tokenizer, block_size=args.block_size, eval_fraction=0.1)
-    print(f"training text: {_describe_dataset(args.dataset)}, {len(text):,} characters")
-    print(f"pretraining:   {len(train_ds)} train / {len(eval_ds)} eval blocks of {args.block_size} tokens")
-    print(f"LoRA style:    upper-cased last {len(lora_text):,} characters, {len(lora_train)} train blocks")
+    log.info(f"training text: {_describe_dataset(args.dataset)}, {len(text):,} characters")
+    log.info(f"pretraining:   {len(train_ds)} train / {len(eval_ds)} eval blocks of {args.block_size} tokens")
+    log.info(f"LoRA style:    upper-cased last {len(lora_text):,} characters, {len(lora_train)} train blocks")
     return train_ds, eval_ds, lora_train, lora_eval
 
 
@@ -143,7 +147,7 @@ class _TimeLimit(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.monotonic() - self.start > self.seconds:
-            print(f"\n--max-time {self.seconds:g}s reached at step {state.global_step}: stopping", flush=True)
+            log.info(f"\n--max-time {self.seconds:g}s reached at step {state.global_step}: stopping")
             control.should_training_stop = True
 
 
@@ -191,9 +195,9 @@ def _print_loss_table(log_history: list[dict], max_rows: int = 12):
     rows = [entry for entry in log_history if "loss" in entry]
     if len(rows) > max_rows:  # keep the first and last, evenly thinned in between
         rows = [rows[round(i * (len(rows) - 1) / (max_rows - 1))] for i in range(max_rows)]
-    print(f"{'step':>6}  {'train loss':>10}  {'lr':>9}")
+    log.info(f"{'step':>6}  {'train loss':>10}  {'lr':>9}")
     for entry in rows:
-        print(f"{entry['step']:>6}  {entry['loss']:>10.4f}  {entry.get('learning_rate', 0.0):>9.2e}")
+        log.info(f"{entry['step']:>6}  {entry['loss']:>10.4f}  {entry.get('learning_rate', 0.0):>9.2e}")
 
 
 def write_loss_curve(log_history: list[dict], eval_points: list[tuple[int, float]], out: Path) -> Path:
@@ -222,7 +226,7 @@ def _plot_loss_curve(by_step: dict[int, dict], path: Path):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: skipping loss_curve.png")
+        log.info("matplotlib is not installed: skipping loss_curve.png")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("train_loss", "eval_loss"):
@@ -234,28 +238,28 @@ def _plot_loss_curve(by_step: dict[int, dict], path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    print(f"wrote {path}")
+    log.info(f"wrote {path}")
 
 
 def pretrain(args, config, train_ds, eval_ds, out: Path) -> tuple:
     transformers.set_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config)
     n_params = model.num_parameters()
-    print(f"{args.preset}: {config.model_type}, pattern {config.layer_pattern!r}, {n_params:,} parameters")
+    log.info(f"{args.preset}: {config.model_type}, pattern {config.layer_pattern!r}, {n_params:,} parameters")
     trainer = make_trainer(
         model, train_ds, eval_ds, output_dir=out / "trainer", steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_time=args.max_time,
     )
     before = trainer.evaluate()["eval_loss"]
     uniform = math.log(config.vocab_size)
-    print(f"eval loss at init: {before:.4f} (perplexity {_perplexity(before):.1f}; uniform would be {uniform:.4f})")
+    log.info(f"eval loss at init: {before:.4f} (perplexity {_perplexity(before):.1f}; uniform would be {uniform:.4f})")
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
     history = trainer.state.log_history
     _print_loss_table(history)
-    print(f"eval loss: {before:.4f} -> {after:.4f}   perplexity: {_perplexity(before):.1f} -> {_perplexity(after):.2f}")
+    log.info(f"eval loss: {before:.4f} -> {after:.4f}   perplexity: {_perplexity(before):.1f} -> {_perplexity(after):.2f}")
     csv_path = write_loss_curve(history, [(0, before), (trainer.state.global_step, after)], out)
-    print(f"wrote {csv_path}")
+    log.info(f"wrote {csv_path}")
     return trainer.model, before, after, trainer.state.global_step
 
 
@@ -274,7 +278,7 @@ def generate_samples(model, tokenizer, prompts=PROMPTS, max_new_tokens=GENERATE_
         texts = tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         samples[name] = texts
         for prompt, text in zip(prompts, texts):
-            print(f"[{name:>7}] {prompt + text!r}")
+            log.info(f"[{name:>7}] {prompt + text!r}")
     return samples
 
 
@@ -288,7 +292,7 @@ def lora_finetune(args, model, lora_train, lora_eval, out: Path) -> tuple:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         peft_model = get_peft_model(model, lora_config)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    print(f"LoRA adapters: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    log.info(f"LoRA adapters: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     trainer = make_trainer(
         peft_model, lora_train, lora_eval, output_dir=out / "lora-trainer", steps=args.lora_steps,
         batch_size=args.batch_size, lr=5e-3, seed=args.seed,
@@ -296,9 +300,9 @@ def lora_finetune(args, model, lora_train, lora_eval, out: Path) -> tuple:
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
-    print(f"LoRA eval loss on the upper-case style: {before:.4f} -> {after:.4f}")
+    log.info(f"LoRA eval loss on the upper-case style: {before:.4f} -> {after:.4f}")
     merged = trainer.model.merge_and_unload()
-    print(f"merged the adapters: {type(merged).__name__} with {merged.num_parameters():,} parameters")
+    log.info(f"merged the adapters: {type(merged).__name__} with {merged.num_parameters():,} parameters")
     return merged, before, after, trainer.state.global_step
 
 
@@ -317,8 +321,8 @@ def save_and_reload(model, tokenizer, path: Path) -> float:
     diff = (expected - actual).abs().max().item()
     if not torch.allclose(expected, actual, rtol=0, atol=1e-5):
         raise RuntimeError(f"logits of the model reloaded from {path} differ by up to {diff:.3g}")
-    print(f"saved to {path}; reloaded {type(reloaded).__name__} via AutoModelForCausalLM")
-    print(f"reloaded logits match the in-memory model (max |diff| {diff:.1e})")
+    log.info(f"saved to {path}; reloaded {type(reloaded).__name__} via AutoModelForCausalLM")
+    log.info(f"reloaded logits match the in-memory model (max |diff| {diff:.1e})")
     return diff
 
 
@@ -330,17 +334,17 @@ def _write_model_card(args, config, metrics: dict) -> Path:
         notes="Generated by `llmarch demo`; it uses a byte-level tokenizer (258 tokens).",
     )
     path = model_card.write_card(Path(args.cards_dir) / f"{args.preset}-demo.md", text)
-    print(f"wrote {path}")
+    log.info(f"wrote {path}")
     return path
 
 
 def _summary(metrics: dict, timings: dict, paths: dict):
     _section("Summary")
-    print(f"eval loss {metrics['eval_loss_before']:.4f} -> {metrics['eval_loss_after']:.4f} "
+    log.info(f"eval loss {metrics['eval_loss_before']:.4f} -> {metrics['eval_loss_after']:.4f} "
           f"after {metrics['steps']} steps")
     for name, path in paths.items():
-        print(f"{name:>12}: {path}")
-    print("     timings: " + ", ".join(f"{name} {secs:.1f}s" for name, secs in timings.items()))
+        log.info(f"{name:>12}: {path}")
+    log.info("     timings: " + ", ".join(f"{name} {secs:.1f}s" for name, secs in timings.items()))
 
 
 def _demo(args) -> int:
@@ -390,10 +394,26 @@ def _demo(args) -> int:
     return 0
 
 
+def _show_log_on_console():
+    """Progress to stdout, errors to stderr, bound to the streams of this call (tests swap them)."""
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.ERROR)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.ERROR)
+    for handler in log.handlers[:]:
+        log.removeHandler(handler)
+    for handler in (out, err):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def run(args) -> int:
+    _show_log_on_console()
     """Run the demo for parsed `args`; returns the exit status (2 for a bad option or input)."""
     if args.steps < 1 or args.lora_steps < 0 or args.batch_size < 1 or (args.threads or 0) < 0:
-        print("error: --steps and --batch-size must be positive; --lora-steps, --threads non-negative", file=sys.stderr)
+        log.error("error: --steps and --batch-size must be positive; --lora-steps, --threads non-negative")
         return 2
     transformers.logging.set_verbosity_warning()
     if args.threads:
@@ -401,7 +421,7 @@ def run(args) -> int:
     try:
         return _demo(args)
     except DemoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error(f"error: {exc}")
         return 2
 
 
