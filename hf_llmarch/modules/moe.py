@@ -9,6 +9,13 @@ from transformers.activations import ACT2FN
 from ..ops.moe import moe_experts, validate_moe_impl
 
 
+def count_tokens_per_expert(topk_idx: torch.Tensor, num_experts: int, real: torch.Tensor | None = None) -> torch.Tensor:
+    """int64 [E]: assignments over all k slots of the real tokens (real [N] bool, None = all)."""
+    flat = topk_idx.reshape(-1)  # [N*k]
+    weight = torch.ones_like(flat) if real is None else real[:, None].expand(topk_idx.shape).reshape(-1).long()
+    return torch.zeros(num_experts, dtype=torch.long, device=flat.device).scatter_add(0, flat, weight)
+
+
 def router_losses(
     router_logits: torch.Tensor,
     topk_idx: torch.Tensor,
@@ -23,16 +30,13 @@ def router_losses(
     tokens_per_expert: int64 [E], assignments over all k slots of real tokens.
     """
     logits = router_logits.float()
-    n, k = topk_idx.shape
+    n = topk_idx.shape[0]
     if token_mask is None:
         real = torch.ones(n, dtype=torch.bool, device=logits.device)
     else:
         real = token_mask.reshape(n).to(device=logits.device, dtype=torch.bool)
     n_real = real.sum().clamp_min(1).float()
-
-    slot_real = real.unsqueeze(1).expand(n, k).reshape(-1).long()  # [N*k]
-    tokens_per_expert = torch.zeros(num_experts, dtype=torch.long, device=logits.device)
-    tokens_per_expert = tokens_per_expert.scatter_add(0, topk_idx.reshape(-1), slot_real)  # [E]
+    tokens_per_expert = count_tokens_per_expert(topk_idx, num_experts, real)
 
     # where() rather than multiplying by the mask, so inf/nan logits at padded tokens cannot leak in.
     probs = torch.where(real.unsqueeze(1), logits.softmax(-1), 0.0)  # [N, E]
@@ -95,12 +99,18 @@ class MoEFeedForward(nn.Module):
         self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden_states [B, T, H]; token_mask [B, T] (nonzero = real token) or None.
-        Returns (out [B, T, H], aux_loss = aux_coef * load_balancing + z_coef * z_loss)."""
+        Returns (out [B, T, H], aux_loss = aux_coef * load_balancing + z_coef * z_loss). The aux loss
+        is computed in training mode or whenever autograd records; under `torch.no_grad()` in eval
+        mode (inference, generate) it is None and only the per-expert token counts are updated."""
         x = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, H]
         logits, topk_weight, topk_idx = self.route(x)
         out = self.experts(x, topk_idx, topk_weight).view_as(hidden_states)
 
         mask = None if token_mask is None else token_mask.reshape(-1).bool()  # [N]
+        if not (self.training or torch.is_grad_enabled()):
+            # Pure inference (e.g. generate): the aux loss is a training objective, so only count tokens.
+            self.last_tokens_per_expert = count_tokens_per_expert(topk_idx, self.num_experts, mask)
+            return out, None
         lb, z, tokens_per_expert = router_losses(logits, topk_idx, self.num_experts, mask)
         self.last_tokens_per_expert = tokens_per_expert.detach()
         self.last_load_balancing_loss = lb.detach()

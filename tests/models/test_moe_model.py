@@ -25,7 +25,7 @@ def test_aux_loss_is_in_the_output_and_added_to_the_loss():
 
 
 def test_aux_loss_and_counts_ignore_padding():
-    model = tiny_model("hybrid")
+    model = tiny_model("hybrid").train()  # aux loss is computed in training (dropout is 0: deterministic)
     ids = torch.randint(0, 250, (1, 9))
     padded = torch.cat([torch.full((1, 5), model.config.pad_token_id), ids], 1)
     mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], 1)
@@ -44,6 +44,14 @@ def test_trainer_with_aux_loss_lowers_loss(tmp_path):
     losses = train(model, tmp_path, steps=40)
     assert losses[-1] < 0.75 * losses[0], losses
     assert all(m.last_tokens_per_expert.sum() > 0 for m in moe_layers(model))
+
+
+def test_inference_skips_aux_but_counts_tokens():
+    model = tiny_model("hybrid")
+    with torch.no_grad():
+        out = model(torch.randint(0, 250, (2, 7)))
+    assert out.aux_loss is None
+    assert all(int(m.last_tokens_per_expert.sum()) == 14 * model.config.num_experts_per_tok for m in moe_layers(model))
 
 
 def test_no_aux_loss_without_moe():

@@ -12,7 +12,7 @@ from .naive import experts_naive
 logger = logging.getLogger("hf_llmarch")
 
 MOE_IMPLS = ("auto", "naive", "grouped")
-_logged: set[str] = set()
+_logged: set[tuple] = set()
 
 
 def validate_moe_impl(impl: str) -> str:
@@ -42,14 +42,13 @@ def moe_experts(
     """x [N, H]; topk_idx/topk_weight [N, k]; gate_up_proj [E, 2I, H]; down_proj [E, H, I] -> [N, H]."""
     impl = resolve_moe_impl(impl)
     fn = experts_naive if impl == "naive" else experts_grouped
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and (impl, x.device.type, x.dtype) not in _logged:
+        _logged.add((impl, x.device.type, x.dtype))
         path = impl
         if impl == "grouped":
             gemm = "grouped_mm" if grouped_mm_usable(x, gate_up_proj, down_proj) else "per-expert slices"
             path = f"grouped ({gemm}, {x.device.type}, {x.dtype})"
-        if path not in _logged:
-            _logged.add(path)
-            logger.info("hf_llmarch MoE experts path: %s", path)
+        logger.info("hf_llmarch MoE experts path: %s", path)
     return fn(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn)
 
 

@@ -14,6 +14,9 @@ USE_GROUPED_MM_ON_CPU = True
 
 _probe_cache: dict[tuple[str, torch.dtype], bool] = {}
 
+# Decode-sized inputs (a few tokens) skip the sort/gather/scatter: their cost is pure overhead there.
+FEW_PAIRS = 16
+
 
 # Kept out of torch.compile: the first compiled call per (device, dtype) graph-breaks here once,
 # so fullgraph=True needs one eager call first (or a dtype that skips grouped_mm under compile).
@@ -83,6 +86,8 @@ def experts_grouped(
     """Same contract as experts_naive: x [N, H], topk_idx/topk_weight [N, k],
     gate_up_proj [E, 2I, H], down_proj [E, H, I] -> [N, H] in x.dtype."""
     n, k = topk_idx.shape
+    if n * k <= FEW_PAIRS and not torch.compiler.is_compiling():
+        return _experts_by_pair(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn)
     flat = topk_idx.reshape(-1)  # [N*k] pair p = (token p // k, slot p % k)
     order = torch.argsort(flat, stable=True)  # [N*k] pair ids grouped by expert
     # scatter_add rather than bincount: same counts, but a static output shape, so torch.compile can trace it.
@@ -97,3 +102,16 @@ def experts_grouped(
     y = ys[inv].view(n, k, -1)  # [N, k, H] back in pair order
     # Weighted sum over k instead of index_add_: fixed reduction order, so deterministic.
     return (y * topk_weight.unsqueeze(-1)).sum(1).to(x.dtype)
+
+
+def _experts_by_pair(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn) -> torch.Tensor:
+    """One F.linear per (token, slot) on views of the expert weights: no copies, no sort."""
+    rows = []
+    for n, experts in enumerate(topk_idx.tolist()):
+        acc = None
+        for j, e in enumerate(experts):
+            gate, up = F.linear(x[n], gate_up_proj[e]).chunk(2, dim=-1)  # [I] each
+            h = F.linear(act_fn(gate) * up, down_proj[e]) * topk_weight[n, j]  # [H]
+            acc = h if acc is None else acc + h
+        rows.append(acc)
+    return torch.stack(rows).to(x.dtype)  # [N, H]
