@@ -141,7 +141,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         """One mask per layer type present: 4D (or None) for attention, a [B, T] bool token mask
         (or None when nothing is padded) for recurrent mixers and the MoE router statistics."""
         layer_types = self.config.layer_types
-        masks = {"linear_attention": _token_mask(attention_mask, hidden_states.shape[1], layer_types)}
+        masks = {"linear_attention": _token_mask(attention_mask, hidden_states.shape[1], self.config)}
         for layer_type, builder in MASK_BUILDERS.items():
             if layer_type in layer_types:
                 masks[layer_type] = builder(
@@ -162,18 +162,18 @@ def _log_attention_path(config):
         logger.info("attention: using transformers' %r implementation (set attn_implementation= to change)", impl)
 
 
-def _token_mask(attention_mask, seq_len: int, layer_types) -> torch.Tensor | None:
-    if attention_mask is None:
+def _token_mask(attention_mask, seq_len: int, config) -> torch.Tensor | None:
+    """[B, T] bool for the current chunk, or None when no layer reads it (pure attention) or the
+    chunk is one decoded token (never padding). No `.all()` shortcut: that would sync a GPU."""
+    needs_it = "linear_attention" in config.layer_types or "moe" in config.ffn_types
+    if attention_mask is None or not needs_it or seq_len == 1:
         return None
     if attention_mask.ndim != 2:
-        if "linear_attention" in layer_types:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, but recurrent mixers need the 2D "
-                "[batch, seq] padding mask: pass the 2D mask instead of a prebuilt 4D one"
-            )
-        return None
-    mask = attention_mask[:, -seq_len:].bool()  # [B, T], the current chunk of a growing mask
-    return None if bool(mask.all()) else mask
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, but recurrent mixers and MoE routing need "
+            "the 2D [batch, seq] padding mask: pass the 2D mask instead of a prebuilt 4D one"
+        )
+    return attention_mask[:, -seq_len:].bool()  # the current chunk of a growing mask
 
 
 def _past_length(cache: Cache | None, config) -> int:

@@ -90,3 +90,10 @@ def test_decode_cost_does_not_depend_on_context():
             model(torch.randint(0, 250, (1, context)), past_key_values=cache, use_cache=True)
         sizes.append(sum(layer.recurrent_states[0].numel() for layer in cache.layers))
     assert sizes[0] == sizes[1] > 0
+
+
+def test_prebuilt_4d_mask_is_refused_not_ignored():
+    model = retention_only()
+    ids = torch.randint(0, 250, (1, 6))
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model(ids, attention_mask=torch.ones(1, 1, 6, 6))
