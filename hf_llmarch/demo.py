@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from . import card as model_card
+from .console import show_on_console
 from .data import byte_tokenizer, load_text, make_lm_datasets
 from .data.lm_data import LMBlockDataset
 from .presets import list_presets, load_preset
@@ -394,23 +395,8 @@ def _demo(args) -> int:
     return 0
 
 
-def _show_log_on_console():
-    """Progress to stdout, errors to stderr, bound to the streams of this call (tests swap them)."""
-    out = logging.StreamHandler(sys.stdout)
-    out.addFilter(lambda record: record.levelno < logging.ERROR)
-    err = logging.StreamHandler(sys.stderr)
-    err.setLevel(logging.ERROR)
-    for handler in log.handlers[:]:
-        log.removeHandler(handler)
-    for handler in (out, err):
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-
 def run(args) -> int:
-    _show_log_on_console()
+    show_on_console(log)
     """Run the demo for parsed `args`; returns the exit status (2 for a bad option or input)."""
     if args.steps < 1 or args.lora_steps < 0 or args.batch_size < 1 or (args.threads or 0) < 0:
         log.error("error: --steps and --batch-size must be positive; --lora-steps, --threads non-negative")
