@@ -141,7 +141,12 @@ class LlmArchModel(LlmArchPreTrainedModel):
         """One mask per layer type present: 4D (or None) for attention, a [B, T] bool token mask
         (or None when nothing is padded) for recurrent mixers and the MoE router statistics."""
         layer_types = self.config.layer_types
-        masks = {"linear_attention": _token_mask(attention_mask, hidden_states.shape[1], self.config)}
+        seq_len = hidden_states.shape[1]
+        if isinstance(attention_mask, dict):  # generate() prebuilds them per layer type for static caches
+            token_mask = attention_mask.get("linear_attention")
+            token_mask = _token_mask(token_mask, seq_len, self.config) if isinstance(token_mask, torch.Tensor) else None
+            return {**attention_mask, "linear_attention": token_mask}
+        masks = {"linear_attention": _token_mask(attention_mask, seq_len, self.config)}
         for layer_type, builder in MASK_BUILDERS.items():
             if layer_type in layer_types:
                 masks[layer_type] = builder(

@@ -106,3 +106,14 @@ def test_attention_implementations_agree(impl):
         other = model(ids).logits
     assert model.config._attn_implementation == impl
     torch.testing.assert_close(other, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_static_cache_generate_matches_dynamic(family):
+    """generate() prebuilds a dict of per-layer-type masks for static caches; left padding included."""
+    model = tiny_model(family)
+    ids = prompts(2, 6, seed=7)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    dynamic = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    static = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, cache_implementation="static")
+    assert torch.equal(static, dynamic)
