@@ -232,10 +232,6 @@ class LlmArchConfig(PreTrainedConfig):
                 "must be even for the rotary on q and k"
             )
 
-    @property
-    def layer_pattern_expanded(self) -> list[tuple[str, str]]:
-        return list(zip(self.mixer_types, self.ffn_types))
-
 
 def _positive(config, *fields):
     for field in fields:

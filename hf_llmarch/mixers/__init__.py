@@ -1,7 +1,13 @@
-"""Token mixers. `build_mixer(config, layer_idx)` picks the class named by `config.mixer_types`."""
+"""Token mixers. `build_mixer(config, layer_idx)` picks the class named by `config.mixer_types`.
 
-from .registry import ATTENTION_LAYER_TYPES, FFN_KINDS, MIXER_LAYER_TYPES
+A mixer class takes `(config, layer_idx)`, names its attribute in the block with `block_attr`,
+and returns `(output, attention_weights_or_None)` from `forward(hidden_states, attention_mask=...,
+position_ids=..., position_embeddings=..., past_key_values=..., **kwargs)`. `register_mixer` adds
+one under a pattern name with the transformers layer type its cache needs.
+"""
+
 from .attention import LlmArchAttention
+from .registry import FFN_KINDS, MIXER_LAYER_TYPES
 from .retention import LlmArchRetention
 
 MIXER_CLASSES = {
@@ -12,6 +18,7 @@ MIXER_CLASSES = {
 
 
 def register_mixer(name: str, cls, layer_type: str):
+    """Make `name` usable in layer patterns; layer_type is e.g. "full_attention" or "linear_attention"."""
     MIXER_CLASSES[name] = cls
     MIXER_LAYER_TYPES[name] = layer_type
 
@@ -20,6 +27,4 @@ def build_mixer(config, layer_idx: int):
     return MIXER_CLASSES[config.mixer_types[layer_idx]](config, layer_idx)
 
 
-__all__ = [
-    "LlmArchAttention",
-    "LlmArchRetention","ATTENTION_LAYER_TYPES", "FFN_KINDS", "MIXER_CLASSES", "MIXER_LAYER_TYPES", "build_mixer", "register_mixer"]
+__all__ = ["FFN_KINDS", "MIXER_CLASSES", "MIXER_LAYER_TYPES", "LlmArchAttention", "LlmArchRetention", "build_mixer", "register_mixer"]

@@ -13,5 +13,3 @@ MIXER_LAYER_TYPES = {
 }
 
 FFN_KINDS = ("mlp", "moe", "none")
-
-ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")

@@ -65,9 +65,6 @@ class LlmArchPreTrainedModel(PreTrainedModel):
         if isinstance(module, MoEExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=self.config.initializer_range)
             init.normal_(module.down_proj, mean=0.0, std=self.config.initializer_range)
-        init_extra = getattr(module, "init_llmarch_weights", None)
-        if init_extra is not None:
-            init_extra(self.config)
 
 
 class LlmArchModel(LlmArchPreTrainedModel):

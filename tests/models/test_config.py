@@ -72,3 +72,31 @@ def test_legacy_rope_kwargs_are_standardised():
     config = LlmArchDenseConfig(rope_theta=500000.0, rope_scaling={"rope_type": "linear", "factor": 2.0})
     assert config.rope_parameters["rope_type"] == "linear"
     assert config.rope_parameters["rope_theta"] == 500000.0
+
+
+def test_register_a_new_mixer_and_use_it_in_a_pattern():
+    """A new mixer is one class plus a registration; the backbone needs no change."""
+    import torch
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    from hf_llmarch.mixers import MIXER_CLASSES, MIXER_LAYER_TYPES, register_mixer
+
+    class ShiftMixer(nn.Module):
+        block_attr = "shift"
+
+        def __init__(self, config, layer_idx):
+            super().__init__()
+            self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+        def forward(self, hidden_states, **kwargs):  # token t sees token t-1: causal, stateless
+            return self.o_proj(nn.functional.pad(hidden_states, (0, 0, 1, 0))[:, :-1]), None
+
+    register_mixer("shift", ShiftMixer, "full_attention")
+    try:
+        config = LlmArchDenseConfig(layer_pattern="shift/mlp attn/mlp", hidden_size=32, num_attention_heads=4, vocab_size=64)
+        model = AutoModelForCausalLM.from_config(config)
+        assert isinstance(model.model.layers[0].shift, ShiftMixer)
+        assert model(torch.randint(0, 64, (1, 5))).logits.shape == (1, 5, 64)
+    finally:
+        MIXER_CLASSES.pop("shift"), MIXER_LAYER_TYPES.pop("shift")
