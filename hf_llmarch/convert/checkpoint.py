@@ -6,6 +6,7 @@ whole checkpoint or fails with an error that names the key (or the file).
 """
 
 import json
+import logging
 import pickle
 import re
 import shutil
@@ -30,6 +31,14 @@ SIDECAR_FILES = (
     "chat_template.jinja",
     "generation_config.json",
 )
+
+
+def native_pad_token_id(value: int | None) -> int | None:
+    """Some native configs say "no pad token" with a negative id (e.g. -1); ours says None."""
+    if value is not None and value < 0:
+        logging.getLogger("hf_llmarch").warning("pad_token_id=%s in the source config means no pad token: using None", value)
+        return None
+    return value
 
 
 class CheckpointError(ValueError):

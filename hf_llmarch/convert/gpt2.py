@@ -7,6 +7,8 @@ fuses q, k, v into one `c_attn` whose output columns are [q | k | v].
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from .checkpoint import native_pad_token_id
+
 NATIVE_CLASSES = {"gpt2": (GPT2Config, GPT2LMHeadModel)}
 # Causal-mask buffers of older checkpoints; transformers 5 builds masks on the fly.
 IGNORED_KEYS = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",)
@@ -61,7 +63,7 @@ def config_from_hf(cfg) -> dict:
         initializer_range=cfg.initializer_range,
         tie_word_embeddings=cfg.tie_word_embeddings,
         use_cache=cfg.use_cache,
-        pad_token_id=cfg.pad_token_id,
+        pad_token_id=native_pad_token_id(cfg.pad_token_id),
         bos_token_id=cfg.bos_token_id,
         eos_token_id=cfg.eos_token_id,
     )

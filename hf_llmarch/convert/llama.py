@@ -13,6 +13,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from .checkpoint import native_pad_token_id
+
 NATIVE_CLASSES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "mistral": (MistralConfig, MistralForCausalLM),
@@ -68,7 +70,7 @@ def config_from_hf(cfg) -> dict:
         initializer_range=cfg.initializer_range,
         tie_word_embeddings=cfg.tie_word_embeddings,
         use_cache=cfg.use_cache,
-        pad_token_id=cfg.pad_token_id,
+        pad_token_id=native_pad_token_id(cfg.pad_token_id),
         bos_token_id=cfg.bos_token_id,
         eos_token_id=cfg.eos_token_id,
     )

@@ -236,3 +236,12 @@ def test_inexpressible_configs_are_refused(fields, target, match):
     config = LlmArchDenseConfig(**{**SMALL, **fields})
     with pytest.raises(ValueError, match=match):
         to_hf(LlmArchDenseForCausalLM(config), target=target)
+
+
+def test_negative_pad_token_id_means_none(caplog):
+    native = LlamaForCausalLM(LlamaConfig(**SMALL, pad_token_id=-1)).eval()
+    with caplog.at_level("WARNING", logger="hf_llmarch"):
+        ours = from_hf(native)
+    assert ours.config.pad_token_id is None and "pad_token_id=-1" in caplog.text
+    ids = _ids()
+    torch.testing.assert_close(_logits(ours, ids), _logits(native, ids), atol=1e-4, rtol=1e-4)
