@@ -2,6 +2,8 @@
 `hf_llmarch._configs`. Each holds a `model_type` plus config fields, and optionally `_source`
 (where the shape comes from) and `_description`."""
 
+import dataclasses
+import difflib
 import json
 from importlib import resources
 from pathlib import Path
@@ -33,5 +35,20 @@ def load_preset(name: str, **overrides):
     model_type = fields.pop("model_type", None)
     if model_type not in CONFIG_CLASSES:
         raise ValueError(f"preset {name!r} has model_type={model_type!r}; known: {sorted(CONFIG_CLASSES)}")
+    config_cls = CONFIG_CLASSES[model_type]
+    _check_override_names(config_cls, overrides)
     fields.update(overrides)
-    return CONFIG_CLASSES[model_type](**fields)
+    return config_cls(**fields)
+
+
+# Accepted by transformers' config init without being dataclass fields.
+_INIT_ONLY_KEYS = {"num_labels", "attn_implementation", "torch_dtype", "rope_theta", "rope_scaling"}
+
+
+def _check_override_names(config_cls, overrides: dict):
+    """Configs keep unknown keywords as attributes, so a typo like `hiden_size` would be ignored silently."""
+    known = {f.name for f in dataclasses.fields(config_cls)} | _INIT_ONLY_KEYS
+    for key in overrides:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            raise ValueError(f"{config_cls.__name__} has no field {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))

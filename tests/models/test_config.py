@@ -100,3 +100,9 @@ def test_register_a_new_mixer_and_use_it_in_a_pattern():
         assert model(torch.randint(0, 64, (1, 5))).logits.shape == (1, 5, 64)
     finally:
         MIXER_CLASSES.pop("shift"), MIXER_LAYER_TYPES.pop("shift")
+
+
+def test_preset_override_typo_is_refused():
+    with pytest.raises(ValueError, match="hiden_size.*did you mean 'hidden_size'"):
+        hf_llmarch.load_preset("llama-tiny", hiden_size=256)
+    assert hf_llmarch.load_preset("llama-tiny", num_labels=3).num_labels == 3
