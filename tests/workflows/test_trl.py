@@ -1,0 +1,52 @@
+"""TRL runs unchanged on our models: SFT, full and with a PEFT LoRA adapter (default targets)."""
+
+import datasets
+import pytest
+import torch
+from conftest import tiny_model
+from peft import LoraConfig
+from trl import SFTConfig, SFTTrainer
+
+from hf_llmarch.data import byte_tokenizer
+
+
+def sft(model, tmp_path, **trainer_kwargs):
+    texts = [f"def add_{i}(a, b):\n    return a + b\n" for i in range(64)]
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=20,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=5,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        max_length=64,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_dict({"text": texts}),
+        processing_class=byte_tokenizer(padding_side="right"),
+        **trainer_kwargs,
+    )
+    trainer.train()
+    return trainer, [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize("family", ["llama", "hybrid"])
+def test_sft_trainer_lowers_loss(family, tmp_path):
+    _, losses = sft(tiny_model(family).train(), tmp_path)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_sft_trainer_with_lora_trains_only_the_adapter(tmp_path):
+    model = tiny_model("hybrid").train()
+    frozen = model.model.layers[0].retention.q_proj.weight.detach().clone()
+    trainer, losses = sft(model, tmp_path, peft_config=LoraConfig(task_type="CAUSAL_LM", r=8))
+    assert losses[-1] < losses[0], losses
+    trained = trainer.model
+    assert any("lora_A" in n for n, p in trained.named_parameters() if p.requires_grad)
+    base_q = trained.get_base_model().model.layers[0].retention.q_proj.base_layer.weight
+    assert torch.equal(base_q, frozen)
