@@ -15,6 +15,46 @@ FAMILY_CONFIGS = {
 }
 
 
+# The TrainingArguments every CPU training test shares; each test adds its steps and batch size.
+CPU_TRAINING = dict(learning_rate=3e-3, logging_steps=5, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+
+
+class RepeatTask(torch.utils.data.Dataset):
+    """Sequences that repeat a random 4-token motif: learnable in a few dozen steps."""
+
+    def __init__(self, n=64, length=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        motifs = torch.randint(0, 200, (n, 4), generator=g)
+        self.data = motifs.repeat(1, length // 4)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.data[i], "labels": self.data[i]}
+
+
+def logged_losses(trainer) -> list[float]:
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def train(model, tmp_path, steps=40, **args) -> list[float]:
+    """A short Trainer run on RepeatTask; returns the logged training losses."""
+    from transformers import Trainer, TrainingArguments
+
+    trainer_args = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        lr_scheduler_type="constant",
+        **CPU_TRAINING,
+        **args,
+    )
+    trainer = Trainer(model=model, args=trainer_args, train_dataset=RepeatTask())
+    trainer.train()
+    return logged_losses(trainer)
+
+
 def tiny_config(family: str, **overrides):
     preset, fields = FAMILY_CONFIGS[family]
     return hf_llmarch.load_preset(preset, **{**fields, **overrides})

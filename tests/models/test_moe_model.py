@@ -2,8 +2,7 @@
 per-expert counts are available, and training with the aux loss lowers the loss."""
 
 import torch
-from conftest import tiny_model
-from workflows.test_workflows import train
+from conftest import tiny_model, train
 
 from hf_llmarch.modules.moe import MoEFeedForward
 

@@ -10,17 +10,9 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 import hf_llmarch
 
-
-class Motifs(torch.utils.data.Dataset):
-    def __init__(self, n=64, length=32):
-        g = torch.Generator().manual_seed(0)
-        self.data = torch.randint(0, 200, (n, 4), generator=g).repeat(1, length // 4)
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.data[i], "labels": self.data[i]}
+# Run as a script by torchrun: make the tests' shared helpers importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import CPU_TRAINING, RepeatTask, logged_losses  # noqa: E402
 
 
 def main(out_dir: str, preset: str):
@@ -31,20 +23,15 @@ def main(out_dir: str, preset: str):
         output_dir=os.path.join(out_dir, "trainer"),
         max_steps=20,
         per_device_train_batch_size=4,
-        learning_rate=3e-3,
-        logging_steps=5,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
         ddp_backend="gloo",
+        **CPU_TRAINING,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=Motifs())
+    trainer = Trainer(model=model, args=args, train_dataset=RepeatTask())
     trainer.train()
     rank = trainer.args.process_index
     result = {
         "world_size": trainer.args.world_size,
-        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "losses": logged_losses(trainer),
         "checksum": float(sum(p.detach().double().sum() for p in model.parameters())),
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:

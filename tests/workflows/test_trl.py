@@ -3,7 +3,7 @@
 import datasets
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import CPU_TRAINING, logged_losses, tiny_model
 from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 
@@ -16,13 +16,8 @@ def sft(model, tmp_path, **trainer_kwargs):
         output_dir=str(tmp_path),
         max_steps=20,
         per_device_train_batch_size=8,
-        learning_rate=3e-3,
-        logging_steps=5,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
         max_length=64,
-        disable_tqdm=True,
+        **CPU_TRAINING,
     )
     trainer = SFTTrainer(
         model=model,
@@ -32,7 +27,7 @@ def sft(model, tmp_path, **trainer_kwargs):
         **trainer_kwargs,
     )
     trainer.train()
-    return trainer, [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return trainer, logged_losses(trainer)
 
 
 @pytest.mark.parametrize("family", ["llama", "hybrid"])

@@ -2,44 +2,10 @@
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Trainer, TrainingArguments, pipeline
+from conftest import tiny_config, tiny_model, train
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, pipeline
 
 from hf_llmarch.data import byte_tokenizer
-
-
-class RepeatTask(torch.utils.data.Dataset):
-    """Sequences that repeat a random 4-token motif: learnable in a few dozen steps."""
-
-    def __init__(self, n=64, length=32, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        motifs = torch.randint(0, 200, (n, 4), generator=g)
-        self.data = motifs.repeat(1, length // 4)
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.data[i], "labels": self.data[i]}
-
-
-def train(model, tmp_path, steps=40, **args):
-    trainer_args = TrainingArguments(
-        output_dir=str(tmp_path / "trainer"),
-        max_steps=steps,
-        per_device_train_batch_size=8,
-        learning_rate=3e-3,
-        lr_scheduler_type="constant",
-        logging_steps=5,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        **args,
-    )
-    trainer = Trainer(model=model, args=trainer_args, train_dataset=RepeatTask())
-    trainer.train()
-    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
 def test_trainer_with_gradient_checkpointing_lowers_loss(family, tmp_path):
