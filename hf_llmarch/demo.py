@@ -11,7 +11,6 @@ import argparse
 import csv
 import logging
 import math
-import sys
 import time
 import warnings
 from pathlib import Path

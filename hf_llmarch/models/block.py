@@ -1,6 +1,5 @@
 """The one block every family uses: norm -> mixer -> residual -> norm -> FFN -> residual."""
 
-import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
