@@ -36,6 +36,11 @@ def main(out_dir: str, preset: str):
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
+    # Tear gloo down explicitly: exiting with the group alive can abort a rank
+    # ("terminate called without an active exception") after its work is done.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
