@@ -33,10 +33,11 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import transformers
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .console import show_on_console
 
-SUITES = ("dense", "hybrid", "moe")
+SUITES = ("dense", "overhead", "hybrid", "moe")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GOAL_OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, ">": operator.gt}
 DENSE_SPEED_GOAL = (">=", 0.95)  # ours within 5% of transformers
@@ -44,6 +45,8 @@ DENSE_MEMORY_GOAL = ("<=", 1.05)
 HYBRID_DECODE_GOAL = ("<=", 1.0)  # hybrid no slower than dense at the longest context
 FLAT_DECODE_GOAL = ("<", 1.10)  # retention decode at the longest vs the shortest context
 MOE_SPEED_GOAL = (">=", 1.0)
+OVERHEAD_GOAL = ("<=", 1.0)  # no more dispatched ops or host time per step than transformers
+OVERHEAD_SHAPE = dict(hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=256)  # kernels cost ~nothing
 PARITY_TOL = 1e-4
 
 # Per-device defaults as (cpu, cuda); explicit flags win, then --quick, then these.
@@ -413,6 +416,72 @@ def bench_dense(s) -> dict:
     return {**res, "status": "ok"}
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched inside it: on a GPU each non-view op is a kernel launch."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_ops(fn) -> int:
+    with _OpCounter() as counter:
+        fn()
+    return counter.count
+
+
+def _overhead_calls(model, s, device) -> dict:
+    """One cached decode step after a prefill of `s.prompt` tokens, and one train step (1 x 32)."""
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, s.vocab, (1, s.prompt), generator=gen).to(device)
+    train_ids = torch.randint(3, s.vocab, (1, 32), generator=gen).to(device)
+    model.eval()
+    with torch.no_grad():
+        cache = model(input_ids=prompt, use_cache=True).past_key_values
+    mask = torch.ones(1, s.prompt + 1, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def decode_step():  # counted once: the cache grows by the one token
+        model.eval()
+        model(input_ids=prompt[:, -1:], attention_mask=mask, past_key_values=cache, use_cache=True)
+
+    return {"decode": decode_step, "train": lambda: _train_step(model, train_ids)}
+
+
+def bench_overhead(s) -> dict:
+    """Host-side cost per step at a shape where the kernels cost almost nothing: the regime of
+    small-batch GPU decode, which is bound by op launches and Python, not by FLOPs."""
+    t = argparse.Namespace(**{**vars(s), **OVERHEAD_SHAPE})
+    device = torch.device(s.device)
+    res = {"title": "host overhead per step: llmarch_dense vs LlamaForCausalLM at a tiny width"}
+    res.update(columns=["ours", "transformers"], setup={**_pick(t, ("layers", "prompt", "new_tokens")), **OVERHEAD_SHAPE})
+    res["setup_text"] = (
+        f"hidden {t.hidden}, {t.layers} layers, {t.heads} heads / {t.kv_heads} kv heads, vocab {t.vocab}: kernels are "
+        f"negligible, so this measures dispatch and Python. aten ops counted with a TorchDispatchMode; generate batch 1, "
+        f"prompt {t.prompt}, {t.new_tokens} new tokens, {s.device}, fp32, median of {s.repeats}"
+    )
+    ref = _build_dense(t, "transformers", seed=0).to(device)
+    ours = _build_dense(t, "ours", seed=1).to(device)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    models = {"ours": ours, "transformers": ref}
+    ops = {what: {n: _count_ops(_overhead_calls(m, t, device)[what]) for n, m in models.items()} for what in ("decode", "train")}
+    decode_fns = {n: _dense_calls(m, t, device)["decode"] for n, m in models.items()}
+    decode = _interleave("overhead", "generate", decode_fns, s.repeats, device)
+    ms_per_token = {n: _median(times) * 1e3 / (t.batch * t.new_tokens) for n, times in decode.items()}
+    pair = ("ours", "transformers")
+    res["metrics"] = {
+        "aten ops per decode step": _metric("ops", ops["decode"], pair, OVERHEAD_GOAL),
+        "aten ops per train step": _metric("ops", ops["train"], pair, OVERHEAD_GOAL),
+        "generate host time per token": _metric("ms", ms_per_token, pair, OVERHEAD_GOAL),
+    }
+    res["raw"] = {"decode_s": decode}
+    return {**res, "status": "ok"}
+
+
 def _hybrid_models(s, device, dtype) -> dict:
     """hybrid / dense / retention-only of one width and depth; MoE experts sized so the active
     FFN parameters per token match the dense MLP (top_k experts of intermediate/top_k)."""
@@ -627,7 +696,7 @@ def bench_moe(s) -> dict:
     return {**res, "status": "ok"}
 
 
-SUITE_FNS = {"dense": bench_dense, "hybrid": bench_hybrid, "moe": bench_moe}
+SUITE_FNS = {"dense": bench_dense, "overhead": bench_overhead, "hybrid": bench_hybrid, "moe": bench_moe}
 
 
 def _meta(s) -> dict:
@@ -650,8 +719,8 @@ def _meta(s) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    show_on_console(log)
     """Run the chosen suites; 0 unless a parity check failed (goals MISSed are reported, not fatal)."""
+    show_on_console(log)
     s = resolve_settings(args)
     if s.threads:
         torch.set_num_threads(s.threads)

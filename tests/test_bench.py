@@ -5,6 +5,7 @@ No timing assertions: speed is measured by benchmarks/, never by unit tests."""
 import json
 
 import pytest
+import torch
 
 from hf_llmarch import bench
 
@@ -89,3 +90,20 @@ def test_parity_failure_skips_timing(tmp_path, monkeypatch):
     assert bench.main(["--suite", "dense", "--quick", "--device", "cpu", "--json", str(out)]) == 1
     res = json.loads(out.read_text())["suites"]["dense"]
     assert res["status"] == "failed" and res["parity"]["passed"] is False and "metrics" not in res
+
+
+def test_op_counter_counts_dispatched_ops():
+    x = torch.ones(3)
+    assert bench._count_ops(lambda: (x + 1).mul(2).sum()) == 3
+
+
+def test_overhead_suite(tmp_path):
+    res = _run(tmp_path, "overhead")
+    assert res["status"] == "ok"
+    _check_metrics(res, ["ours", "transformers"])
+    assert res["setup"]["hidden"] == bench.OVERHEAD_SHAPE["hidden"]  # --quick cannot widen it
+    # Op counts are deterministic: ours must not launch more than Llama per decode or train step.
+    for what in ("aten ops per decode step", "aten ops per train step"):
+        counts = res["metrics"][what]["values"]
+        assert all(isinstance(n, int) and n > 0 for n in counts.values()), what
+        assert counts["ours"] <= counts["transformers"], (what, counts)

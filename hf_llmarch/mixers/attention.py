@@ -54,6 +54,7 @@ class LlmArchAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, kv_out, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, kv_out, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_out, config.hidden_size, bias=config.attention_out_bias)
+        self.use_qk_norm = config.qk_norm  # read per call; the config's __getattribute__ is slow
         if config.qk_norm:
             self.q_norm = LlmArchRMSNorm(self.head_dim, eps=config.norm_eps)
             self.k_norm = LlmArchRMSNorm(self.head_dim, eps=config.norm_eps)
@@ -64,12 +65,12 @@ class LlmArchAttention(nn.Module):
         query = self.q_proj(hidden_states).view(hidden_shape)  # [B, T, H, D]
         key = self.k_proj(hidden_states).view(hidden_shape)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # [B, H_kv, T, D]
-        if self.config.qk_norm:
+        if self.use_qk_norm:
             query, key = self.q_norm(query), self.k_norm(key)
         query, key = query.transpose(1, 2), key.transpose(1, 2)
         if position_embeddings is not None:
             cos, sin = position_embeddings
-            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+            query, key = apply_rotary(query, key, cos, sin)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
 

@@ -50,7 +50,7 @@ class LlmArchRetention(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=hidden_states.device)[None]
         cos, sin = rotary_cos_sin(position_ids, self.key_dim, ROTARY_THETA, q.dtype)  # [B|1, T, Dk]
-        q, k = apply_rotary(q, cos, sin, head_dim_axis=2), apply_rotary(k, cos, sin, head_dim_axis=2)
+        q, k = apply_rotary(q, k, cos, sin, head_dim_axis=2)
         if attention_mask is not None:
             k = k * attention_mask[:, :, None, None].to(k.dtype)  # pads write nothing
         log_decay = retention_log_decay(self.num_heads, batch, seq_len, attention_mask, hidden_states.device)

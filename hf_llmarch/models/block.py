@@ -22,7 +22,8 @@ class LlmArchBlock(GradientCheckpointingLayer):
         if self.ffn_type != "none":
             self.post_attention_layernorm = build_norm(config)
             self.mlp = MoEFeedForward(config) if self.ffn_type == "moe" else build_mlp(config)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        # No module at p=0: an identity Dropout still costs a module call per use, which shows in decode.
+        self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
 
     @property
     def mixer(self) -> nn.Module:
@@ -35,7 +36,7 @@ class LlmArchBlock(GradientCheckpointingLayer):
         mixers); `token_mask` [B, T] marks real tokens for the MoE router statistics."""
         residual = hidden_states
         hidden_states, _ = self.mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask, **kwargs)
-        hidden_states = residual + self.dropout(hidden_states)
+        hidden_states = residual + self._drop(hidden_states)
         aux_loss = None
         if self.ffn_type == "none":
             return hidden_states, aux_loss
@@ -45,4 +46,7 @@ class LlmArchBlock(GradientCheckpointingLayer):
             hidden_states, aux_loss = self.mlp(hidden_states, token_mask)
         else:
             hidden_states = self.mlp(hidden_states)
-        return residual + self.dropout(hidden_states), aux_loss
+        return residual + self._drop(hidden_states), aux_loss
+
+    def _drop(self, hidden_states):
+        return hidden_states if self.dropout is None else self.dropout(hidden_states)

@@ -74,12 +74,15 @@ class LlmArchModel(LlmArchPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         if config.position_embedding_type == "learned":
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.embed_dropout = nn.Dropout(config.hidden_dropout)
+        self.embed_dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
         self.layers = nn.ModuleList(LlmArchBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = build_norm(config)
         if config.position_embedding_type == "rope":
             self.rotary_emb = LlmArchRotaryEmbedding(config)
         self.gradient_checkpointing = False
+        # Facts about the stack, read once: the config's __getattribute__ is slow per decode step.
+        self.first_attention_layer = next((i for i, t in enumerate(config.layer_types) if t != "linear_attention"), None)
+        self.needs_token_mask = "linear_attention" in config.layer_types or "moe" in config.ffn_types
         self.post_init()
         _log_attention_path(config)
 
@@ -103,14 +106,15 @@ class LlmArchModel(LlmArchPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         seq_len = inputs_embeds.shape[1]
         if position_ids is None:
-            past = _past_length(past_key_values, self.config)
+            past = self._past_length(past_key_values)
             position_ids = torch.arange(past, past + seq_len, device=inputs_embeds.device).unsqueeze(0)
         _advance_seen_tokens(past_key_values, seq_len)
 
         hidden_states = inputs_embeds
-        if self.config.position_embedding_type == "learned":
+        if hasattr(self, "embed_positions"):
             hidden_states = hidden_states + self.embed_positions(position_ids)
-        hidden_states = self.embed_dropout(hidden_states)
+        if self.embed_dropout is not None:
+            hidden_states = self.embed_dropout(hidden_states)
         masks = self._build_masks(attention_mask, hidden_states, past_key_values, position_ids)
         token_mask = masks["linear_attention"]
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if hasattr(self, "rotary_emb") else None
@@ -141,9 +145,9 @@ class LlmArchModel(LlmArchPreTrainedModel):
         seq_len = hidden_states.shape[1]
         if isinstance(attention_mask, dict):  # generate() prebuilds them per layer type for static caches
             token_mask = attention_mask.get("linear_attention")
-            token_mask = _token_mask(token_mask, seq_len, self.config) if isinstance(token_mask, torch.Tensor) else None
+            token_mask = self._token_mask(token_mask, seq_len) if isinstance(token_mask, torch.Tensor) else None
             return {**attention_mask, "linear_attention": token_mask}
-        masks = {"linear_attention": _token_mask(attention_mask, seq_len, self.config)}
+        masks = {"linear_attention": self._token_mask(attention_mask, seq_len)}
         for layer_type, builder in MASK_BUILDERS.items():
             if layer_type in layer_types:
                 masks[layer_type] = builder(
@@ -156,37 +160,33 @@ class LlmArchModel(LlmArchPreTrainedModel):
                 )
         return masks
 
+    def _token_mask(self, attention_mask, seq_len: int) -> torch.Tensor | None:
+        """[B, T] bool for the current chunk, or None when no layer reads it (pure attention) or the
+        chunk is one decoded token (never padding). No `.all()` shortcut: that would sync a GPU."""
+        if attention_mask is None or not self.needs_token_mask or seq_len == 1:
+            return None
+        if attention_mask.ndim != 2:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, but recurrent mixers and MoE routing need "
+                "the 2D [batch, seq] padding mask: pass the 2D mask instead of a prebuilt 4D one"
+            )
+        return attention_mask[:, -seq_len:].bool()  # the current chunk of a growing mask
+
+    def _past_length(self, cache: Cache | None) -> int:
+        """Tokens already in the cache. Attention layers know it; a stack of only recurrent layers
+        does not, so the backbone keeps its own count on the cache object."""
+        if cache is None:
+            return 0
+        if self.first_attention_layer is not None:
+            return cache.get_seq_length(self.first_attention_layer)
+        return getattr(cache, "llmarch_seen_tokens", 0)
+
 
 def _log_attention_path(config):
     impl = config._attn_implementation
     if impl not in _logged_attention and any(t != "linear_attention" for t in config.layer_types):
         _logged_attention.add(impl)
         logger.info("attention: using transformers' %r implementation (set attn_implementation= to change)", impl)
-
-
-def _token_mask(attention_mask, seq_len: int, config) -> torch.Tensor | None:
-    """[B, T] bool for the current chunk, or None when no layer reads it (pure attention) or the
-    chunk is one decoded token (never padding). No `.all()` shortcut: that would sync a GPU."""
-    needs_it = "linear_attention" in config.layer_types or "moe" in config.ffn_types
-    if attention_mask is None or not needs_it or seq_len == 1:
-        return None
-    if attention_mask.ndim != 2:
-        raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)}, but recurrent mixers and MoE routing need "
-            "the 2D [batch, seq] padding mask: pass the 2D mask instead of a prebuilt 4D one"
-        )
-    return attention_mask[:, -seq_len:].bool()  # the current chunk of a growing mask
-
-
-def _past_length(cache: Cache | None, config) -> int:
-    """Tokens already in the cache. Attention layers know it; a stack of only recurrent layers
-    does not, so the backbone keeps its own count on the cache object."""
-    if cache is None:
-        return 0
-    attention_layers = [i for i, t in enumerate(config.layer_types) if t != "linear_attention"]
-    if attention_layers:
-        return cache.get_seq_length(attention_layers[0])
-    return getattr(cache, "llmarch_seen_tokens", 0)
 
 
 def _advance_seen_tokens(cache: Cache | None, seq_len: int):

@@ -44,10 +44,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim_axis: int = 1) -> torch.Tensor:
-    """Rotate x ([B, H, T, D] with head_dim_axis=1, or [B, T, H, D] with 2) by cos/sin [B, T, D]."""
+def apply_rotary(
+    query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim_axis: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate query and key ([B, H, T, D] with head_dim_axis=1, or [B, T, H, D] with 2) by cos/sin [B, T, D]."""
     cos, sin = cos.unsqueeze(head_dim_axis), sin.unsqueeze(head_dim_axis)
-    return x * cos + rotate_half(x) * sin
+    return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
 
 
 def rotary_cos_sin(position_ids: torch.Tensor, dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
