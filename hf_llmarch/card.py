@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from importlib import resources
 from pathlib import Path
@@ -13,6 +14,10 @@ DEFAULT_LIMITATIONS = (
     "safety tuning, and is not suitable for any real use."
 )
 _MISSING = "n/a"
+METRIC_KEYS = (
+    *("num_parameters", "training_data", "steps", "eval_loss_before", "eval_loss_after", "train_time_s"),
+    *("lora_steps", "lora_data", "lora_loss_before", "lora_loss_after", "model_path", "limitations"),
+)
 
 
 def _template() -> Template:
@@ -64,10 +69,9 @@ def _lora_summary(metrics: dict) -> str:
 def render_card(config, metrics: dict, *, title: str, notes: str = "") -> str:
     """The Markdown model card for `config`, filled with `metrics`.
 
-    Known metric keys (all optional): `num_parameters`, `training_data`, `steps`,
-    `eval_loss_before`, `eval_loss_after`, `train_time_s`, `lora_steps`, `lora_data`,
-    `lora_loss_before`, `lora_loss_after`, `model_path`, `limitations`.
+    Metric keys (all optional) are METRIC_KEYS; any other key raises rather than vanish.
     """
+    check_metric_keys(metrics, source="metrics")
     heads = getattr(config, "num_attention_heads", None)
     train_time = metrics.get("train_time_s")
     fields = {
@@ -102,3 +106,21 @@ def write_card(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def check_metric_keys(metrics: dict, source: str) -> None:
+    unknown = sorted(set(metrics) - set(METRIC_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown model-card metric(s) {unknown}; known: {', '.join(METRIC_KEYS)}")
+
+
+def load_metrics(path: str | Path) -> dict:
+    """A JSON object of METRIC_KEYS (e.g. written by hand or by a training script)."""
+    try:
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} must hold a JSON object of metrics, not {type(metrics).__name__}")
+    check_metric_keys(metrics, source=str(path))
+    return metrics

@@ -1,5 +1,5 @@
-"""The `llmarch` command: list presets, init a random model, print its accounting, convert
-checkpoints, and run the demo and benchmarks (which live in their own modules)."""
+"""The `llmarch` command: list presets, init a random model, print its accounting, write a model
+card, convert checkpoints, and run the demo and benchmarks (which live in their own modules)."""
 
 import argparse
 import importlib
@@ -134,6 +134,23 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_card(args) -> int:
+    from . import card
+
+    config = _resolve_config(args.target)
+    is_checkpoint = os.path.isdir(args.target)
+    metrics = card.load_metrics(args.metrics) if args.metrics else {}
+    if args.model_path or is_checkpoint:
+        metrics.setdefault("model_path", args.model_path or args.target)
+    out = args.out or (os.path.join(args.target, "README.md") if is_checkpoint else f"model_cards/{args.target}.md")
+    if os.path.exists(out) and not args.force:
+        raise CliError(f"{out} already exists; pass --force to overwrite it or --out to write elsewhere")
+    title = args.title or os.path.basename(os.path.normpath(args.target))
+    path = card.write_card(out, card.render_card(config, metrics, title=title))
+    print(f"wrote the model card to {path}")
+    return 0
+
+
 def _unavailable(name: str, err: Exception):
     def handler(args) -> int:
         raise CliError(f"`llmarch {name}` needs hf_llmarch.{name}, which failed to import: {err}")
@@ -178,6 +195,15 @@ def _add_own_commands(subparsers):
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="cache dtype (default bf16)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_cmd_info)
+
+    p = subparsers.add_parser("card", help="write a model card (README.md) for a checkpoint or preset")
+    p.add_argument("target", metavar="PRESET_OR_PATH", help="preset name or hf_llmarch checkpoint directory")
+    p.add_argument("--metrics", metavar="JSON", help="JSON object of measured numbers (see hf_llmarch.card.METRIC_KEYS)")
+    p.add_argument("--title", help="card title (default: the preset or folder name)")
+    p.add_argument("--model-path", help="hub id or path shown in the usage snippet (default: the checkpoint path)")
+    p.add_argument("--out", help="output file (default: PATH/README.md, or model_cards/PRESET.md)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing card")
+    p.set_defaults(handler=_cmd_card)
 
     p = subparsers.add_parser("convert", help="convert a native transformers checkpoint to hf_llmarch")
     p.add_argument("--from-hf", required=True, metavar="SRC", help="native checkpoint directory or hub id")

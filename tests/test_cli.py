@@ -11,7 +11,7 @@ import hf_llmarch.convert
 from hf_llmarch.accounting import count_parameters
 from hf_llmarch.cli import _parse_overrides, main
 
-SUBCOMMANDS = ["list", "init", "info", "convert", "export", "demo", "bench"]
+SUBCOMMANDS = ["list", "init", "info", "card", "convert", "export", "demo", "bench"]
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,31 @@ def test_user_errors_are_one_line_exit_2(argv, needle, capsys):
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_card_for_a_checkpoint_goes_into_its_readme(tiny_checkpoint, tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"steps": 120, "eval_loss_before": 5.5, "eval_loss_after": 1.25}))
+    assert main(["card", str(tiny_checkpoint), "--metrics", str(metrics), "--model-path", "me/tiny"]) == 0
+    card = (tiny_checkpoint / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\nlibrary_name: transformers\n")  # Hub metadata front matter
+    assert "5.5000 → 1.2500" in card and "| steps | 120 |" in card
+    assert 'from_pretrained("me/tiny")' in card and "$" not in card
+    n_params = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).num_parameters()
+    assert f"{n_params:,}" in card
+    # A second run would overwrite the user's README: refused unless --force.
+    assert main(["card", str(tiny_checkpoint)]) == 2
+    assert main(["card", str(tiny_checkpoint), "--force"]) == 0
+    assert 'from_pretrained("' + str(tiny_checkpoint) + '")' in (tiny_checkpoint / "README.md").read_text()
+
+
+@pytest.mark.parametrize("content,needle", [('{"eval_loss": 1.0}', "eval_loss"), ("[1, 2]", "JSON object"), ("{", "JSON")])
+def test_card_rejects_bad_metrics(tmp_path, capsys, content, needle):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(content)
+    assert main(["card", "llama-tiny", "--metrics", str(metrics), "--out", str(tmp_path / "card.md")]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "card.md").exists()
 
 
 def test_info_rejects_a_dir_without_config(tmp_path, capsys):

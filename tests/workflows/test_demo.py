@@ -50,6 +50,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "llama-tiny" in card and f"{model.num_parameters():,}" in card
     assert f"{evals[1]:.4f}" in card and "import hf_llmarch" in card
     assert "$" not in card  # every placeholder was filled
+    assert (out / "model" / "README.md").read_text(encoding="utf-8") == card  # published with the folder
 
 
 def test_demo_with_local_text_file(tmp_path):
