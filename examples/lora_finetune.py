@@ -35,6 +35,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a saved hf_llmarch model (default: pretrain one briefly)")
     parser.add_argument("--steps", type=int, default=100, help="LoRA steps")
+    parser.add_argument("--pretrain-steps", type=int, default=150, help="pretraining steps when --model is not given")
     parser.add_argument("--out", default="runs/lora")
     args = parser.parse_args()
 
@@ -45,7 +46,7 @@ def main():
     else:
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(hf_llmarch.load_preset("llama-tiny"))
-        train(model, *make_lm_datasets(text, tokenizer, block_size=128), steps=150, lr=2e-3, out=args.out)
+        train(model, *make_lm_datasets(text, tokenizer, block_size=128), steps=args.pretrain_steps, lr=2e-3, out=args.out)
 
     # The fine-tuning task: the same kind of prose in a new style, SHOUTED IN CAPITALS.
     style_train, style_eval = make_lm_datasets(text[-100_000:].upper(), tokenizer, block_size=128, eval_fraction=0.1)
