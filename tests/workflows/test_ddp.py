@@ -1,4 +1,5 @@
-"""A real two-process DDP run on CPU through torchrun (gloo), as a user would launch it."""
+"""Real two-process runs on CPU through torchrun (gloo), as a user would launch them: Trainer DDP,
+and FSDP2 sharding of every block."""
 
 import json
 import os
@@ -7,18 +8,38 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+
+def _torchrun(script: str, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, str(Path(__file__).with_name(script)), *map(str, args)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("preset", ["llama-tiny", "hybrid-tiny"])
 def test_two_process_ddp_trainer(tmp_path, preset):
-    script = Path(__file__).with_name("ddp_train.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path), preset]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun("ddp_train.py", tmp_path, preset)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
     # DDP keeps replicas identical: both ranks end with the same weights.
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-6)
     losses = ranks[0]["losses"]
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "hybrid-tiny"])
+def test_two_process_fsdp_matches_one_process(tmp_path, preset):
+    _torchrun("fsdp_train.py", tmp_path, preset)
+    result = json.loads((tmp_path / "fsdp.json").read_text())
+    assert result["world_size"] == 2 and result["sharded_params"] > 0
+    assert result["keys"] == result["reference_keys"]  # the gathered state dict lacks nothing
+    # 8 AdamW steps on half-batches per rank == 8 steps on the whole batches in one process.
+    assert result["max_weight_diff"] < 1e-4, result["max_weight_diff"]
+    assert result["losses"][-1] < result["losses"][0]
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert saved(torch.arange(3, 19).unsqueeze(0)).logits.isfinite().all()
