@@ -43,3 +43,17 @@ def test_qk_norm_matches_qwen3():
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, native(ids).logits, atol=1e-5, rtol=1e-4)
     assert torch.equal(ours.generate(ids[:1, :5], max_new_tokens=8, do_sample=False), native.generate(ids[:1, :5], max_new_tokens=8, do_sample=False))
+
+
+def test_hidden_states_and_attentions_match_llama():
+    torch.manual_seed(0)
+    native = LlamaForCausalLM(LlamaConfig(**SHAPE, attn_implementation="eager")).eval()
+    ours = ours_like(native)
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.no_grad():
+        expected = native(ids, output_hidden_states=True, output_attentions=True)
+        actual = ours(ids, output_hidden_states=True, output_attentions=True)
+    assert len(actual.hidden_states) == SHAPE["num_hidden_layers"] + 1
+    for a, b in zip([*actual.hidden_states, *actual.attentions], [*expected.hidden_states, *expected.attentions], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert actual.attentions[0].shape == (2, SHAPE["num_attention_heads"], 9, 9)
