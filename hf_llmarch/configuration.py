@@ -164,18 +164,22 @@ class LlmArchConfig(PreTrainedConfig):
         if "retention" in self.mixer_types:
             self._validate_retention()
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size})")
+            raise ValueError(
+                f"pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size}): "
+                "use an id below vocab_size, or None for no pad token"
+            )
 
     def _validate_attention(self):
         if self.head_dim is None:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}: "
-                "change one of them or set head_dim explicitly"
+                f"use num_attention_heads in {_divisors(self.hidden_size, limit=self.hidden_size // 8)} or set head_dim"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} is not divisible by num_key_value_heads="
-                f"{self.num_key_value_heads}: each KV head must serve a whole group of query heads (GQA/MQA)"
+                f"{self.num_key_value_heads}: each KV head must serve a whole group of query heads (GQA/MQA); "
+                f"valid num_key_value_heads: {_divisors(self.num_attention_heads)}"
             )
         if "sliding_attention" in self.layer_types and not self.sliding_window:
             raise ValueError(
@@ -184,8 +188,9 @@ class LlmArchConfig(PreTrainedConfig):
             )
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"sliding_window={self.sliding_window} must be a positive number of tokens")
-        if not 0.0 <= self.attention_dropout < 1.0 or not 0.0 <= self.hidden_dropout < 1.0:
-            raise ValueError("attention_dropout and hidden_dropout must lie in [0, 1)")
+        for field in ("attention_dropout", "hidden_dropout"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                raise ValueError(f"{field}={getattr(self, field)!r} must lie in [0, 1): it is a drop probability")
 
     def _validate_choices(self):
         if self.hidden_act not in ACT2FN:
@@ -205,7 +210,7 @@ class LlmArchConfig(PreTrainedConfig):
         if rope_type not in ROPE_TYPES:
             raise ValueError(f"rope_parameters['rope_type']={rope_type!r} is not a known RoPE scaling type; valid: {list(ROPE_TYPES)}")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE: change head_dim or num_attention_heads")
         try:
             self.validate_rope()
         except (KeyError, TypeError) as err:
@@ -216,7 +221,7 @@ class LlmArchConfig(PreTrainedConfig):
         if self.num_experts_per_tok > self.num_experts:
             raise ValueError(
                 f"num_experts_per_tok={self.num_experts_per_tok} is larger than num_experts={self.num_experts}: "
-                "a token cannot be routed to more experts than exist"
+                f"a token cannot be routed to more experts than exist; lower num_experts_per_tok to at most {self.num_experts}"
             )
 
     def _validate_retention(self):
@@ -224,12 +229,12 @@ class LlmArchConfig(PreTrainedConfig):
         if self.hidden_size % self.retention_num_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by retention_num_heads={self.retention_num_heads}: "
-                "each retention head needs a whole key dimension"
+                f"each retention head needs a whole key dimension; valid: {_divisors(self.hidden_size, limit=self.hidden_size // 8)}"
             )
         if (self.hidden_size // self.retention_num_heads) % 2:
             raise ValueError(
                 f"retention head dim hidden_size/retention_num_heads={self.hidden_size // self.retention_num_heads} "
-                "must be even for the rotary on q and k"
+                f"must be even for the rotary on q and k; change retention_num_heads={self.retention_num_heads}"
             )
 
 
@@ -238,3 +243,8 @@ def _positive(config, *fields):
         value = getattr(config, field)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{field}={value!r} must be a positive integer")
+
+
+def _divisors(n: int, limit: int | None = None) -> list[int]:
+    """Divisors of n (up to `limit`), for error messages that say which values would work."""
+    return [d for d in range(1, (limit or n) + 1) if n % d == 0]

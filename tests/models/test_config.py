@@ -1,4 +1,4 @@
-"""Config validation: every bad setting raises a ValueError that names the field."""
+"""Config validation: every bad setting raises a ValueError that names the field and the fix."""
 
 import pytest
 from transformers import AutoConfig
@@ -37,6 +37,24 @@ BAD = [
 def test_bad_config_names_the_field(fields, named):
     with pytest.raises(ValueError, match=named):
         LlmArchHybridConfig(**fields)
+
+
+FIXES = [
+    (dict(hidden_size=100, num_attention_heads=8), "use num_attention_heads in [1, 2, 4, 5, 10]"),
+    (dict(num_attention_heads=8, num_key_value_heads=3), "valid num_key_value_heads: [1, 2, 4, 8]"),
+    (dict(layer_pattern="(attn/moe)x2", num_experts=4, num_experts_per_tok=5), "to at most 4"),
+    (dict(layer_pattern="attn/mlp mamba9/mlp"), "valid mixers: ["),
+    (dict(layer_pattern="swa/mlp attn/mlp"), "set sliding_window"),
+    (dict(pad_token_id=40000, vocab_size=32000), "or None for no pad token"),
+    (dict(hidden_dropout=1.0), "hidden_dropout=1.0 must lie in [0, 1)"),
+]
+
+
+@pytest.mark.parametrize("fields,fix", FIXES)
+def test_bad_config_says_the_fix(fields, fix):
+    with pytest.raises(ValueError) as err:
+        LlmArchHybridConfig(**fields)
+    assert fix in str(err.value)
 
 
 def test_pattern_grammar_round_trip():
