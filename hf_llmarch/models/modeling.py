@@ -205,6 +205,9 @@ class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
         self.model = self.base_model_class(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # A recurrent state cannot be rolled back to a rejected draft token, so generate() must
+        # refuse assisted and prompt-lookup decoding for stacks that hold one.
+        self._is_stateful = "linear_attention" in config.layer_types
         self.post_init()
 
     @can_return_tuple

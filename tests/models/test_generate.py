@@ -117,3 +117,18 @@ def test_static_cache_generate_matches_dynamic(family):
     dynamic = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
     static = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, cache_implementation="static")
     assert torch.equal(static, dynamic)
+
+
+@pytest.mark.parametrize("how", ["assistant_model", "prompt_lookup_num_tokens"])
+def test_speculative_decoding_equals_greedy_or_is_refused(family, how):
+    """Attention-only stacks verify draft tokens exactly; a recurrent state cannot drop rejected
+    drafts, so stacks with retention refuse with transformers' own clear error."""
+    model = tiny_model(family)
+    ids = prompts(1, 6, seed=3)
+    extra = {"assistant_model": tiny_model(family, seed=5)} if how == "assistant_model" else {how: 2}
+    greedy = model.generate(ids, max_new_tokens=10, do_sample=False)
+    if "linear_attention" in model.config.layer_types:
+        with pytest.raises(ValueError, match="stateful"):
+            model.generate(ids, max_new_tokens=10, do_sample=False, **extra)
+    else:
+        assert torch.equal(model.generate(ids, max_new_tokens=10, do_sample=False, **extra), greedy)
