@@ -45,8 +45,9 @@ DENSE_MEMORY_GOAL = ("<=", 1.05)
 HYBRID_DECODE_GOAL = ("<=", 1.0)  # hybrid no slower than dense at the longest context
 FLAT_DECODE_GOAL = ("<", 1.10)  # retention decode at the longest vs the shortest context
 MOE_SPEED_GOAL = (">=", 1.0)
-OVERHEAD_GOAL = ("<=", 1.0)  # no more dispatched ops or host time per step than transformers
-OVERHEAD_SHAPE = dict(hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=256)  # kernels cost ~nothing
+OVERHEAD_OPS_GOAL = ("<=", 1.0)  # op counts are exact: never more launches than transformers
+OVERHEAD_TIME_GOAL = ("<=", 1.05)  # host time repeats only to a few % on a shared CPU
+OVERHEAD_SHAPE = dict(hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=256, batch=1)  # kernels cost ~nothing
 PARITY_TOL = 1e-4
 
 # Per-device defaults as (cpu, cuda); explicit flags win, then --quick, then these.
@@ -341,6 +342,14 @@ def _build_dense(s, which: str, seed: int):
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
 
 
+def _dense_pair(s, device):
+    """(ours, LlamaForCausalLM) on `device`, ours loaded with Llama's weights key for key."""
+    ref = _build_dense(s, "transformers", seed=0).to(device)
+    ours = _build_dense(s, "ours", seed=1).to(device)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref
+
+
 def _dense_calls(model, s, device) -> dict:
     """The two measured calls on fixed random inputs."""
     gen = torch.Generator().manual_seed(1)
@@ -389,9 +398,7 @@ def bench_dense(s) -> dict:
         f"intermediate {s.intermediate}; train batch {s.batch} x seq {s.seq}; generate batch {s.batch}, "
         f"prompt {s.prompt}, {s.new_tokens} new tokens; {s.device}, {s.dtype}, median of {s.repeats}"
     )
-    ref = _build_dense(s, "transformers", seed=0).to(device)
-    ours = _build_dense(s, "ours", seed=1).to(device)
-    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours, ref = _dense_pair(s, device)
     res["parity"] = _dense_parity(ours, ref, s, device)
     if not res["parity"]["passed"]:
         return {**res, "status": "failed", "reason": "logits differ from LlamaForCausalLM: timings would be meaningless"}
@@ -464,9 +471,7 @@ def bench_overhead(s) -> dict:
         f"negligible, so this measures dispatch and Python. aten ops counted with a TorchDispatchMode; generate batch 1, "
         f"prompt {t.prompt}, {t.new_tokens} new tokens, {s.device}, fp32, median of {s.repeats}"
     )
-    ref = _build_dense(t, "transformers", seed=0).to(device)
-    ours = _build_dense(t, "ours", seed=1).to(device)
-    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours, ref = _dense_pair(t, device)
     models = {"ours": ours, "transformers": ref}
     ops = {what: {n: _count_ops(_overhead_calls(m, t, device)[what]) for n, m in models.items()} for what in ("decode", "train")}
     decode_fns = {n: _dense_calls(m, t, device)["decode"] for n, m in models.items()}
@@ -474,9 +479,9 @@ def bench_overhead(s) -> dict:
     ms_per_token = {n: _median(times) * 1e3 / (t.batch * t.new_tokens) for n, times in decode.items()}
     pair = ("ours", "transformers")
     res["metrics"] = {
-        "aten ops per decode step": _metric("ops", ops["decode"], pair, OVERHEAD_GOAL),
-        "aten ops per train step": _metric("ops", ops["train"], pair, OVERHEAD_GOAL),
-        "generate host time per token": _metric("ms", ms_per_token, pair, OVERHEAD_GOAL),
+        "aten ops per decode step": _metric("ops", ops["decode"], pair, OVERHEAD_OPS_GOAL),
+        "aten ops per train step": _metric("ops", ops["train"], pair, OVERHEAD_OPS_GOAL),
+        "generate host time per token": _metric("ms", ms_per_token, pair, OVERHEAD_TIME_GOAL),
     }
     res["raw"] = {"decode_s": decode}
     return {**res, "status": "ok"}
