@@ -1,4 +1,4 @@
-"""Convert a transformers llama / mistral / qwen2 / gpt2 checkpoint to hf_llmarch.
+"""Convert a transformers llama / mistral / qwen2 / qwen3 / gpt2 checkpoint to hf_llmarch.
 
     python conversion/from_hf.py SRC --out DST [--dtype bfloat16]
 

@@ -1,6 +1,6 @@
 """Export an hf_llmarch dense checkpoint as a native transformers model.
 
-    python conversion/to_hf.py SRC --out DST [--target llama|mistral|qwen2|gpt2]
+    python conversion/to_hf.py SRC --out DST [--target llama|mistral|qwen2|qwen3|gpt2]
 
 Same as `llmarch export --to-hf SRC --out DST`. Without --target the model type it was converted
 from is used, else the closest one is inferred; tokenizer files in SRC are copied along.

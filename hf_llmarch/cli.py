@@ -129,7 +129,7 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    _convert_function("save_to_hf")(args.to_hf, args.out)
+    _convert_function("save_to_hf")(args.to_hf, args.out, target=args.target)
     print(f"saved the native transformers checkpoint to {args.out}")
     return 0
 
@@ -213,6 +213,10 @@ def _add_own_commands(subparsers):
     p = subparsers.add_parser("export", help="export an hf_llmarch checkpoint to its native transformers model")
     p.add_argument("--to-hf", required=True, metavar="SRC", help="hf_llmarch checkpoint directory")
     p.add_argument("--out", required=True, metavar="DST", help="output directory")
+    p.add_argument(
+        "--target", metavar="MODEL_TYPE",
+        help="llama, mistral, qwen2, qwen3 or gpt2 (default: the type it was converted from, else the closest)",
+    )
     p.set_defaults(handler=_cmd_export)
 
 

@@ -140,10 +140,20 @@ def test_info_rejects_a_dir_without_config(tmp_path, capsys):
 def test_convert_and_export_delegate(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(hf_llmarch.convert, "save_from_hf", lambda src, out: calls.append(("from", src, out)), raising=False)
-    monkeypatch.setattr(hf_llmarch.convert, "save_to_hf", lambda src, out: calls.append(("to", src, out)), raising=False)
+    monkeypatch.setattr(
+        hf_llmarch.convert, "save_to_hf", lambda src, out, target: calls.append(("to", src, out, target)), raising=False
+    )
     assert main(["convert", "--from-hf", "src", "--out", "dst"]) == 0
     assert main(["export", "--to-hf", "ours", "--out", "native"]) == 0
-    assert calls == [("from", "src", "dst"), ("to", "ours", "native")]
+    assert main(["export", "--to-hf", "ours", "--out", "native", "--target", "qwen3"]) == 0
+    assert calls == [("from", "src", "dst"), ("to", "ours", "native", None), ("to", "ours", "native", "qwen3")]
+
+
+def test_export_target_is_honoured_or_refused_by_name(tiny_checkpoint, tmp_path, capsys):
+    assert main(["export", "--to-hf", str(tiny_checkpoint), "--out", str(tmp_path / "m"), "--target", "mistral"]) == 0
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "m")).__name__ == "MistralForCausalLM"
+    assert main(["export", "--to-hf", str(tiny_checkpoint), "--out", str(tmp_path / "q"), "--target", "qwen3"]) == 2
+    assert "qk_norm" in capsys.readouterr().err
 
 
 def test_delegated_subcommand_gets_its_own_arguments(monkeypatch):

@@ -1,6 +1,6 @@
 """Conversion between native transformers causal LMs and `llmarch_dense`.
 
-`from_hf` takes a llama / mistral / qwen2 / gpt2 checkpoint directory or in-memory model and
+`from_hf` takes a llama / mistral / qwen2 / qwen3 / gpt2 checkpoint directory or in-memory model and
 returns an `LlmArchDenseForCausalLM` with the same logits; `to_hf` goes back. The per-source
 adapters (`llama.py`, `gpt2.py`) map configs and state dicts; this module checks that every
 tensor is consumed and builds the target model. `save_from_hf` / `save_to_hf` write directories.
@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError, TensorSource, copy_sidecar_files, read_
 
 logger = logging.getLogger(__name__)
 
-ADAPTERS = {"llama": llama, "mistral": llama, "qwen2": llama, "gpt2": gpt2}
+ADAPTERS = {"llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2}
 HEAD_KEY = "lm_head.weight"
 OUR_EMBED_KEY = "model.embed_tokens.weight"
 
@@ -35,7 +35,7 @@ def _adapter(model_type: str | None):
 
 
 def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchDenseForCausalLM:
-    """A native llama / mistral / qwen2 / gpt2 causal LM (directory or model) as `LlmArchDenseForCausalLM`.
+    """A native llama / mistral / qwen2 / qwen3 / gpt2 causal LM (directory or model) as `LlmArchDenseForCausalLM`.
 
     `dtype=None` keeps the dtype the weights are stored in."""
     native_config, src, attn = _open_native(path_or_model)
@@ -51,7 +51,7 @@ def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchDen
 
 def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
     """Our dense causal LM (model or directory) as a native LlamaForCausalLM / MistralForCausalLM /
-    Qwen2ForCausalLM / GPT2LMHeadModel. `target` defaults to the model type it was converted
+    Qwen2ForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel. `target` defaults to the model type it was converted
     from, else to `infer_target`. Raises a ValueError naming the field the target cannot express."""
     model = _load_ours(model_or_path)
     config = model.config
@@ -71,10 +71,13 @@ def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
 
 
 def infer_target(config) -> str:
-    """The native family closest to our config: learned positions + LayerNorm -> gpt2; q/k/v bias
-    without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a mix); else llama."""
+    """The native family closest to our config: learned positions + LayerNorm -> gpt2; QK-norm ->
+    qwen3; q/k/v bias without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a
+    mix); else llama."""
     if config.position_embedding_type == "learned" and config.norm_type == "layernorm":
         return "gpt2"
+    if config.qk_norm:
+        return "qwen3"
     if config.attention_bias and not config.attention_out_bias:
         return "qwen2"
     swa = [m == "swa" for m in config.mixer_types]

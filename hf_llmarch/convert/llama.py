@@ -1,4 +1,4 @@
-"""LLaMA / Mistral / Qwen2 <-> llmarch_dense.
+"""LLaMA / Mistral / Qwen2 / Qwen3 <-> llmarch_dense.
 
 Their module names are ours one to one, so the state dict only keeps or drops the `model.`
 prefix; the work is mapping the configs, and refusing what the other side cannot express.
@@ -11,6 +11,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from .checkpoint import native_pad_token_id
@@ -19,7 +21,12 @@ NATIVE_CLASSES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "mistral": (MistralConfig, MistralForCausalLM),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
 }
+# Families whose attention_bias covers q, k, v and o together.
+ONE_ATTENTION_BIAS = ("llama", "qwen3")
+# Families that set sliding layers per layer through `layer_types`.
+PER_LAYER_WINDOWS = ("qwen2", "qwen3")
 # Rotary inverse frequencies: derived from the config; older checkpoints saved them as buffers.
 IGNORED_KEYS = (r"(model\.)?rotary_emb\.inv_freq", r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 EMBED_KEY = "model.embed_tokens.weight"
@@ -29,21 +36,22 @@ _FIXED = {
     "llama": {"qk_norm": False},
     "mistral": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False, "mlp_bias": False},
     "qwen2": {"qk_norm": False, "attention_bias": True, "attention_out_bias": False, "mlp_bias": False},
+    "qwen3": {"qk_norm": True, "mlp_bias": False},
 }
 _COMMON = {"norm_type": "rmsnorm", "position_embedding_type": "rope", "mlp_gated": True}
 
 
 def config_from_hf(cfg) -> dict:
-    """Our config kwargs for a native llama / mistral / qwen2 config.
+    """Our config kwargs for a native llama / mistral / qwen2 / qwen3 config.
 
     Ignored on purpose: llama `pretraining_tp` (transformers 5 never reads it; the sliced
     matmuls it selected were numerically the same product) and a mistral `layer_types`
     (MistralModel ignores it and windows every layer by `sliding_window`)."""
     model_type = cfg.model_type
     mixers = _mixers_from_hf(cfg)
-    if model_type == "llama":
-        # Llama's attention_bias puts a bias on q, k, v *and* o.
-        bias, out_bias, mlp_bias = cfg.attention_bias, cfg.attention_bias, cfg.mlp_bias
+    if model_type in ONE_ATTENTION_BIAS:
+        # Their attention_bias puts a bias on q, k, v *and* o; qwen3 has no MLP bias field.
+        bias, out_bias, mlp_bias = cfg.attention_bias, cfg.attention_bias, getattr(cfg, "mlp_bias", False)
     else:
         bias, out_bias, mlp_bias = model_type == "qwen2", False, False
     return dict(
@@ -61,6 +69,7 @@ def config_from_hf(cfg) -> dict:
         norm_type="rmsnorm",
         norm_eps=cfg.rms_norm_eps,
         position_embedding_type="rope",
+        qk_norm=model_type == "qwen3",
         max_position_embeddings=cfg.max_position_embeddings,
         rope_parameters=dict(cfg.rope_parameters),
         attention_bias=bias,
@@ -82,16 +91,16 @@ def _mixers_from_hf(cfg) -> list[str]:
         return ["attn"] * n
     if cfg.model_type == "mistral":
         return ["attn" if cfg.sliding_window is None else "swa"] * n
-    # Qwen2Config derives layer_types from use_sliding_window / max_window_layers when not given.
+    # Qwen2/3 configs derive layer_types from use_sliding_window / max_window_layers when not given.
     layer_types = list(cfg.layer_types)
     if "sliding_attention" in layer_types and cfg.sliding_window is None:
         raise ValueError(
-            f"qwen2 layer_types={layer_types} has sliding layers but sliding_window is None "
+            f"{cfg.model_type} layer_types={layer_types} has sliding layers but sliding_window is None "
             f"(use_sliding_window={cfg.use_sliding_window}): the native model cannot run this config either"
         )
     unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
     if unknown:
-        raise ValueError(f"qwen2 layer_types contains {unknown}; only full_attention and sliding_attention convert")
+        raise ValueError(f"{cfg.model_type} layer_types contains {unknown}; only full_attention and sliding_attention convert")
     return ["swa" if t == "sliding_attention" else "attn" for t in layer_types]
 
 
@@ -100,16 +109,16 @@ def check_expressible(config, target: str):
     for field, value in {**_COMMON, **_FIXED[target]}.items():
         if getattr(config, field) != value:
             raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed in {target} (which needs {value!r})")
-    if target == "llama" and config.attention_bias != config.attention_out_bias:
+    if target in ONE_ATTENTION_BIAS and config.attention_bias != config.attention_out_bias:
         raise ValueError(
             f"attention_bias={config.attention_bias} with attention_out_bias={config.attention_out_bias} cannot be "
-            "expressed in llama, whose attention_bias covers q, k, v and o together"
+            f"expressed in {target}, whose attention_bias covers q, k, v and o together"
         )
     swa = [m == "swa" for m in config.mixer_types]
     if target == "llama" and any(swa):
-        raise ValueError(f"mixer_types={config.mixer_types}: llama has no sliding-window layers; use mistral or qwen2")
+        raise ValueError(f"mixer_types={config.mixer_types}: llama has no sliding-window layers; use mistral, qwen2 or qwen3")
     if target == "mistral" and any(swa) and not all(swa):
-        raise ValueError(f"mixer_types={config.mixer_types}: mistral windows all layers or none; use qwen2 for a per-layer mix")
+        raise ValueError(f"mixer_types={config.mixer_types}: mistral windows all layers or none; use qwen2 or qwen3 for a per-layer mix")
 
 
 def config_to_hf(config, target: str):
@@ -139,7 +148,7 @@ def config_to_hf(config, target: str):
         kwargs.update(attention_bias=config.attention_bias, mlp_bias=config.mlp_bias)
     elif target == "mistral":
         kwargs.update(sliding_window=config.sliding_window if any(swa) else None)
-    else:
+    if target in PER_LAYER_WINDOWS:
         # Explicit layer_types win over max_window_layers; the latter is set only to agree with them.
         kwargs.update(
             use_sliding_window=any(swa),
@@ -147,6 +156,8 @@ def config_to_hf(config, target: str):
             max_window_layers=swa.index(True) if any(swa) else n,
             layer_types=["sliding_attention" if s else "full_attention" for s in swa],
         )
+    if target == "qwen3":
+        kwargs.update(attention_bias=config.attention_bias)
     return NATIVE_CLASSES[target][0](**kwargs)
 
 

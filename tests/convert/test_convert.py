@@ -16,6 +16,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 import hf_llmarch  # noqa: F401  (registers our Auto classes)
@@ -45,6 +47,12 @@ CASES = {
     "mistral_swa": lambda: MistralForCausalLM(MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=4)),
     "qwen2_bias_mixed_swa": lambda: Qwen2ForCausalLM(
         Qwen2Config(**SMALL, num_key_value_heads=2, use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    ),
+    "qwen3_qknorm_mixed_swa": lambda: Qwen3ForCausalLM(
+        Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=32, use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    ),
+    "qwen3_bias_tied": lambda: Qwen3ForCausalLM(
+        Qwen3Config(**SMALL, num_key_value_heads=1, attention_bias=True, tie_word_embeddings=True)
     ),
     "gpt2": lambda: GPT2LMHeadModel(
         GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=1)
@@ -107,6 +115,8 @@ def test_mixed_sliding_maps_per_layer():
     assert ours.config.mixer_types == ["attn", "swa"] and ours.config.sliding_window == 4
     assert ours.config.attention_bias and not ours.config.attention_out_bias
     assert from_hf(_native("mistral_swa")).config.mixer_types == ["swa", "swa"]
+    qwen3 = from_hf(_native("qwen3_qknorm_mixed_swa")).config
+    assert qwen3.mixer_types == ["attn", "swa"] and qwen3.qk_norm and qwen3.head_dim == 32
 
 
 def test_in_memory_and_auto_class_load(tmp_path):
@@ -159,6 +169,7 @@ def test_dtype_and_target_inference(tmp_path):
     assert infer_target(LlmArchDenseConfig(**SMALL, attention_bias=True)) == "qwen2"
     assert infer_target(LlmArchDenseConfig(**SMALL, layer_pattern="(swa/mlp)x2", sliding_window=4)) == "mistral"
     assert infer_target(LlmArchDenseConfig(**SMALL, layer_pattern="attn/mlp swa/mlp", sliding_window=4)) == "qwen2"
+    assert infer_target(LlmArchDenseConfig(**SMALL, qk_norm=True)) == "qwen3"
     assert infer_target(LlmArchDenseConfig(**SMALL)) == "llama"
 
 
@@ -230,6 +241,8 @@ def test_gpt2_settings_that_change_the_math_are_refused(field, value):
         ({"attention_bias": True}, "llama", "attention_bias"),
         ({"num_key_value_heads": 2}, "gpt2", "norm_type"),
         ({}, "qwen2", "attention_bias"),
+        ({}, "qwen3", "qk_norm"),
+        ({"qk_norm": True, "attention_bias": True}, "qwen3", "attention_out_bias"),
     ],
 )
 def test_inexpressible_configs_are_refused(fields, target, match):
