@@ -6,6 +6,8 @@ Per head h a fixed decay gamma_h = 1 - 2^(-5-h); rotary on q and k; the three eq
 
 Padding: a padded token neither writes (k = 0) nor decays (log-decay 0) the state, so left-
 and right-padded rows match their unpadded versions and a cached state is never corrupted.
+Packing (padding-free batches, position_ids restarting inside a row): the state restarts at each
+sequence start, so every sequence sees only itself.
 The decode state is one float32 [B, H, Dk, Dv] tensor per layer, whatever the model dtype.
 """
 
@@ -40,8 +42,11 @@ class LlmArchRetention(nn.Module):
         self.o_proj = nn.Linear(inner_v, config.hidden_size, bias=False)
         self.g_norm = LlmArchRMSNorm(self.value_dim, eps=config.norm_eps)
 
-    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
-        """`attention_mask`: the [B, T] bool token mask of this chunk, or None when nothing is padded."""
+    def forward(
+        self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, sequence_starts=None, **kwargs
+    ):
+        """`attention_mask`: the [B, T] bool token mask of this chunk, or None when nothing is padded.
+        `sequence_starts`: [B, T] bool, True where a packed sequence begins; the state restarts there."""
         batch, seq_len, _ = hidden_states.shape
         heads = (batch, seq_len, self.num_heads, -1)
         q = self.q_proj(hidden_states).view(heads)  # [B, T, H, Dk]
@@ -64,6 +69,7 @@ class LlmArchRetention(nn.Module):
             initial_state=read_recurrent_state(past_key_values, self.layer_idx),
             mode=self.mode,
             chunk_size=self.chunk_size,
+            reset=sequence_starts,
         )
         write_recurrent_state(past_key_values, self.layer_idx, state)
         out = self.g_norm(out).reshape(batch, seq_len, -1)  # [B, T, H * Dv]

@@ -29,12 +29,16 @@ class LlmArchBlock(GradientCheckpointingLayer):
     def mixer(self) -> nn.Module:
         return getattr(self, self.mixer_attr)
 
-    def forward(self, hidden_states, attention_mask=None, token_mask=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, token_mask=None, sequence_starts=None, **kwargs):
         """Returns (hidden_states, aux_loss); aux_loss is None unless the FFN routes tokens.
 
         `attention_mask` is the mask for this layer's type (4D for attention, 2D for recurrent
-        mixers); `token_mask` [B, T] marks real tokens for the MoE router statistics."""
+        mixers); `token_mask` [B, T] marks real tokens for the MoE router statistics;
+        `sequence_starts` [B, T] marks packed-sequence starts for recurrent mixers (attention
+        gets the same boundaries inside its mask)."""
         residual = hidden_states
+        if sequence_starts is not None and self.layer_type == "linear_attention":
+            kwargs["sequence_starts"] = sequence_starts
         hidden_states, _ = self.mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask, **kwargs)
         hidden_states = residual + self._drop(hidden_states)
         aux_loss = None

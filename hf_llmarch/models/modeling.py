@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
@@ -82,6 +83,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         self.gradient_checkpointing = False
         # Facts about the stack, read once: the config's __getattribute__ is slow per decode step.
         self.first_attention_layer = next((i for i, t in enumerate(config.layer_types) if t != "linear_attention"), None)
+        self.first_recurrent_layer = next((i for i, t in enumerate(config.layer_types) if t == "linear_attention"), None)
         self.needs_token_mask = "linear_attention" in config.layer_types or "moe" in config.ffn_types
         self.post_init()
         _log_attention_path(config)
@@ -102,7 +104,10 @@ class LlmArchModel(LlmArchPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
+        # Packed rows (padding-free batches) are told by position_ids restarting, as in transformers.
+        sequence_starts = self._sequence_starts(position_ids, attention_mask, past_key_values, inputs_embeds.shape[0])
+        fresh_cache = use_cache and past_key_values is None
+        if fresh_cache:
             past_key_values = DynamicCache(config=self.config)
         seq_len = inputs_embeds.shape[1]
         if position_ids is None:
@@ -115,7 +120,10 @@ class LlmArchModel(LlmArchPreTrainedModel):
             hidden_states = hidden_states + self.embed_positions(position_ids)
         if self.embed_dropout is not None:
             hidden_states = self.embed_dropout(hidden_states)
-        masks = self._build_masks(attention_mask, hidden_states, past_key_values, position_ids)
+        # A cache made in this call is empty: building masks without it keeps transformers'
+        # packed-sequence detection, which it skips whenever a cache is passed.
+        mask_cache = None if fresh_cache else past_key_values
+        masks = self._build_masks(attention_mask, hidden_states, mask_cache, position_ids)
         token_mask = masks["linear_attention"]
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if hasattr(self, "rotary_emb") else None
 
@@ -125,6 +133,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
                 hidden_states,
                 attention_mask=masks[layer.layer_type],
                 token_mask=token_mask,
+                sequence_starts=sequence_starts,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
                 past_key_values=past_key_values,
@@ -159,6 +168,17 @@ class LlmArchModel(LlmArchPreTrainedModel):
                     layer_idx=layer_types.index(layer_type),  # 5.17 picks a wrong default in hybrids
                 )
         return masks
+
+    def _sequence_starts(self, position_ids, attention_mask, cache, batch: int) -> torch.Tensor | None:
+        """[B, T] bool, True where position_ids do not continue the previous token: the starts of
+        packed sequences, for recurrent mixers. None unless the stack has one and the call looks like
+        packed training (caller's position_ids, no padding mask, no filled cache), transformers' rule."""
+        if position_ids is None or attention_mask is not None or self.first_recurrent_layer is None:
+            return None
+        if cache is not None and self._past_length(cache) > 0:
+            return None
+        position_ids = position_ids.expand(batch, -1)
+        return F.pad(position_ids[:, 1:] != position_ids[:, :-1] + 1, (1, 0))
 
     def _token_mask(self, attention_mask, seq_len: int) -> torch.Tensor | None:
         """[B, T] bool for the current chunk, or None when no layer reads it (pure attention) or the

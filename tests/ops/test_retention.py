@@ -38,11 +38,11 @@ def _all_forms(chunk_sizes=(4,)):
     return forms
 
 
-def _run_with_grads(fn, q, k, v, g, s0):
+def _run_with_grads(fn, q, k, v, g, s0, **kwargs):
     # log_decay gets a gradient too: data-dependent gates (GLA) train it.
     leaves = [x.clone().requires_grad_() for x in (q, k, v, g)]
     s0_leaf = None if s0 is None else s0.clone().requires_grad_()
-    o, state = fn(*leaves, initial_state=s0_leaf)
+    o, state = fn(*leaves, initial_state=s0_leaf, **kwargs)
     gen = torch.Generator().manual_seed(1)
     loss = (o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum()
     loss = loss + (state * torch.randn(state.shape, generator=gen, dtype=state.dtype)).sum()
@@ -65,6 +65,45 @@ def test_forms_agree_fp64(T, use_s0, random_decay):
             continue
         o, s, grads = _run_with_grads(fn, q, k, v, g, s0)
         assert o.shape == (B, T, H, DV) and s.shape == (B, H, DK, DV), name
+        torch.testing.assert_close(o, ref_o, rtol=1e-10, atol=1e-10, msg=f"{name} output")
+        torch.testing.assert_close(s, ref_s, rtol=1e-10, atol=1e-10, msg=f"{name} state")
+        for i, (gr, ref_gr) in enumerate(zip(grads, ref_grads)):
+            torch.testing.assert_close(gr, ref_gr, rtol=1e-10, atol=1e-10, msg=f"{name} grad {i}")
+
+
+def _resets(T: int) -> torch.Tensor:
+    """Row 0: sequences start at 0 (continuing s0), 3, 4 and T-2; row 1: at 0 (dropping s0) and T//2."""
+    reset = torch.zeros(B, T, dtype=torch.bool)
+    reset[0, [p for p in (3, 4, T - 2) if 0 < p < T]] = True
+    reset[1, [0, T // 2]] = True
+    return reset
+
+
+@pytest.mark.parametrize("T", [7, 33])
+def test_reset_equals_separate_sequences(T):
+    """Packed rows: each sequence sees only itself; the initial state reaches only the first."""
+    q, k, v, g, s0 = _inputs(T, random_decay=True)
+    reset = _resets(T)
+    o, state = retention_naive(q, k, v, g, initial_state=s0, reset=reset)
+    for row in range(B):
+        starts = [0, *[t for t in range(1, T) if reset[row, t]], T]
+        init = None if reset[row, 0] else s0[row : row + 1]
+        for a, e in zip(starts, starts[1:]):
+            piece = (x[row : row + 1, a:e] for x in (q, k, v, g))
+            o_ref, s_ref = retention_naive(*piece, initial_state=init)
+            torch.testing.assert_close(o[row : row + 1, a:e], o_ref, rtol=1e-12, atol=1e-12)
+            init = None
+        torch.testing.assert_close(state[row : row + 1], s_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("T", [1, 7, 33, 65])
+@pytest.mark.parametrize("use_s0", [False, True])
+def test_forms_agree_with_reset_fp64(T, use_s0):
+    q, k, v, g, s0 = _inputs(T, random_decay=True)
+    s0, reset = (s0 if use_s0 else None), _resets(T)
+    ref_o, ref_s, ref_grads = _run_with_grads(retention_naive, q, k, v, g, s0, reset=reset)
+    for name, fn in _all_forms(chunk_sizes=(1, 5, 16)).items():
+        o, s, grads = _run_with_grads(fn, q, k, v, g, s0, reset=reset)
         torch.testing.assert_close(o, ref_o, rtol=1e-10, atol=1e-10, msg=f"{name} output")
         torch.testing.assert_close(s, ref_s, rtol=1e-10, atol=1e-10, msg=f"{name} state")
         for i, (gr, ref_gr) in enumerate(zip(grads, ref_grads)):

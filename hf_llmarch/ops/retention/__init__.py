@@ -56,17 +56,18 @@ def resolve_retention_mode(mode: str, seq_len: int, chunk_size: int = 64) -> str
     return "parallel" if seq_len <= chunk_size else "chunk"
 
 
-def retention(q, k, v, log_decay, *, scale=None, initial_state=None, mode="auto", chunk_size=64):
-    """Dispatch to one retention form; see the module docstring for shapes. Returns (o, final_state)."""
+def retention(q, k, v, log_decay, *, scale=None, initial_state=None, mode="auto", chunk_size=64, reset=None):
+    """Dispatch to one retention form; see the module docstring for shapes. `reset` [B, T] bool
+    marks where a packed sequence starts (its state starts from zero). Returns (o, final_state)."""
     global _logged_path
     mode = resolve_retention_mode(mode, q.shape[1], chunk_size)
     if not _logged_path:
         logger.info("retention: using pure-torch chunk/parallel/recurrent path (no fused kernel installed)")
         _logged_path = True
     if mode == "chunk":
-        return retention_chunk(q, k, v, log_decay, scale, initial_state, chunk_size=chunk_size)
+        return retention_chunk(q, k, v, log_decay, scale, initial_state, chunk_size=chunk_size, reset=reset)
     fn = {"parallel": retention_parallel, "recurrent": retention_recurrent, "naive": retention_naive}[mode]
-    return fn(q, k, v, log_decay, scale, initial_state)
+    return fn(q, k, v, log_decay, scale, initial_state, reset=reset)
 
 
 def retention_decay(num_heads: int, device=None) -> torch.Tensor:
