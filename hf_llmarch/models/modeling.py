@@ -111,9 +111,10 @@ class LlmArchModel(LlmArchPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         seq_len = inputs_embeds.shape[1]
         if position_ids is None:
-            past = self._past_length(past_key_values)
-            position_ids = torch.arange(past, past + seq_len, device=inputs_embeds.device).unsqueeze(0)
-        _advance_seen_tokens(past_key_values, seq_len)
+            past = self._past_length(past_key_values)  # an int, or a tensor (static or recurrent-only)
+            position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past).unsqueeze(0)
+        if self.first_attention_layer is None:
+            _advance_seen_tokens(past_key_values, seq_len, inputs_embeds.device)
 
         hidden_states = inputs_embeds
         if hasattr(self, "embed_positions"):
@@ -172,10 +173,9 @@ class LlmArchModel(LlmArchPreTrainedModel):
     def _sequence_starts(self, position_ids, attention_mask, cache, batch: int) -> torch.Tensor | None:
         """[B, T] bool, True where position_ids do not continue the previous token: the starts of
         packed sequences, for recurrent mixers. None unless the stack has one and the call looks like
-        packed training (caller's position_ids, no padding mask, no filled cache), transformers' rule."""
-        if position_ids is None or attention_mask is not None or self.first_recurrent_layer is None:
-            return None
-        if cache is not None and self._past_length(cache) > 0:
+        packed training (caller's position_ids, no padding mask, no cache passed in): transformers'
+        rule for its packed attention mask, which reads no cache length, so compiled decode stays whole."""
+        if position_ids is None or attention_mask is not None or cache is not None or self.first_recurrent_layer is None:
             return None
         position_ids = position_ids.expand(batch, -1)
         return F.pad(position_ids[:, 1:] != position_ids[:, :-1] + 1, (1, 0))
@@ -192,7 +192,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
             )
         return attention_mask[:, -seq_len:].bool()  # the current chunk of a growing mask
 
-    def _past_length(self, cache: Cache | None) -> int:
+    def _past_length(self, cache: Cache | None) -> int | torch.Tensor:
         """Tokens already in the cache. Attention layers know it; a stack of only recurrent layers
         does not, so the backbone keeps its own count on the cache object."""
         if cache is None:
@@ -209,9 +209,14 @@ def _log_attention_path(config):
         logger.info("attention: using transformers' %r implementation (set attn_implementation= to change)", impl)
 
 
-def _advance_seen_tokens(cache: Cache | None, seq_len: int):
-    if cache is not None:
-        cache.llmarch_seen_tokens = getattr(cache, "llmarch_seen_tokens", 0) + seq_len
+def _advance_seen_tokens(cache: Cache | None, seq_len: int, device: torch.device):
+    """Count the tokens a recurrent-only stack has consumed, in a tensor updated in place: a
+    Python int here would be a guard that recompiles a compiled decode step at every token."""
+    if cache is None:
+        return
+    if getattr(cache, "llmarch_seen_tokens", None) is None:
+        cache.llmarch_seen_tokens = torch.zeros((), dtype=torch.long, device=device)
+    cache.llmarch_seen_tokens.add_(seq_len)
 
 
 class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import tiny_config, tiny_model, train
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, pipeline
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, StaticCache, pipeline
 
 from hf_llmarch.data import byte_tokenizer
 
@@ -67,6 +67,30 @@ def test_load_bf16_and_device_map_auto(family, tmp_path):
     mapped = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto")
     assert next(mapped.parameters()).device.type == "cpu"
     assert mapped(torch.randint(0, 250, (1, 5))).logits.shape == (1, 5, mapped.config.vocab_size)
+
+
+@pytest.mark.parametrize("family", ["llama", "hybrid"])
+def test_static_cache_decode_compiles_whole(family):
+    """The GPU fast path: a static cache and a fullgraph-compiled decode step (no graph break
+    anywhere: attention, retention state, MoE routing) reproduce eager greedy generation, and
+    later steps reuse the first step's graph instead of recompiling per token."""
+    torch._dynamo.reset()  # graphs compiled by earlier tests count towards the recompile limit
+    model = tiny_model(family)
+    ids = torch.randint(3, 250, (1, 8))
+    eager = model.generate(ids, max_new_tokens=6, do_sample=False, cache_implementation="static")
+    cache = StaticCache(config=model.config, max_cache_len=32)
+    step = torch.compile(model.forward, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        token = model(ids, past_key_values=cache, cache_position=torch.arange(8)).logits[:, -1:].argmax(-1)
+        tokens = [token]
+        for pos in range(8, 13):
+            position = torch.tensor([pos])
+            stance = "fail_on_recompile" if pos > 8 else "default"
+            with torch.compiler.set_stance(stance):
+                logits = step(input_ids=token, past_key_values=cache, cache_position=position, position_ids=position[None]).logits
+            token = logits[:, -1:].argmax(-1)
+            tokens.append(token)
+    assert torch.equal(torch.cat(tokens, dim=1), eager[:, 8:])
 
 
 def test_torch_compile_forward_matches(family):

@@ -86,8 +86,10 @@ def experts_grouped(
     """Same contract as experts_naive: x [N, H], topk_idx/topk_weight [N, k],
     gate_up_proj [E, 2I, H], down_proj [E, H, I] -> [N, H] in x.dtype."""
     n, k = topk_idx.shape
-    if n * k <= FEW_PAIRS and not torch.compiler.is_compiling():
-        return _experts_by_pair(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn)
+    if n * k <= FEW_PAIRS:
+        # Compiled decode (CUDA graphs, fullgraph) needs static shapes and no host reads of the routing.
+        few_pairs = _experts_gathered if torch.compiler.is_compiling() else _experts_by_pair
+        return few_pairs(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn)
     flat = topk_idx.reshape(-1)  # [N*k] pair p = (token p // k, slot p % k)
     order = torch.argsort(flat, stable=True)  # [N*k] pair ids grouped by expert
     # scatter_add rather than bincount: same counts, but a static output shape, so torch.compile can trace it.
@@ -115,3 +117,13 @@ def _experts_by_pair(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn) 
             acc = h if acc is None else acc + h
         rows.append(acc)
     return torch.stack(rows).to(x.dtype)  # [N, H]
+
+
+def _experts_gathered(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn) -> torch.Tensor:
+    """Decode sizes under torch.compile: each pair's expert weights gathered, one bmm per projection."""
+    n, k = topk_idx.shape
+    flat = topk_idx.reshape(-1)  # [P]
+    xs = x.repeat_interleave(k, dim=0).unsqueeze(-1)  # [P, H, 1]
+    gate, up = torch.bmm(gate_up_proj[flat], xs).squeeze(-1).chunk(2, dim=-1)  # [P, I] each
+    ys = torch.bmm(down_proj[flat], (act_fn(gate) * up).unsqueeze(-1)).squeeze(-1)  # [P, H]
+    return (ys.view(n, k, -1) * topk_weight.unsqueeze(-1)).sum(1).to(x.dtype)
