@@ -59,6 +59,7 @@ class LlmArchPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # tests/workflows: static-cache decode compiles with fullgraph=True
     _can_record_outputs = {"hidden_states": LlmArchBlock, "attentions": LlmArchAttention}
 
     def _init_weights(self, module):
