@@ -10,13 +10,13 @@ from trl import SFTConfig, SFTTrainer
 from hf_llmarch.data import byte_tokenizer
 
 
-def sft(model, tmp_path, **trainer_kwargs):
+def sft(model, tmp_path, config=None, **trainer_kwargs):
     texts = [f"def add_{i}(a, b):\n    return a + b\n" for i in range(64)]
     args = SFTConfig(
         output_dir=str(tmp_path),
         max_steps=20,
         per_device_train_batch_size=8,
-        max_length=64,
+        **{"max_length": 64, **(config or {})},
         **CPU_TRAINING,
     )
     trainer = SFTTrainer(
@@ -45,3 +45,14 @@ def test_sft_trainer_with_lora_trains_only_the_adapter(tmp_path):
     assert any("lora_A" in n for n, p in trained.named_parameters() if p.requires_grad)
     base_q = trained.get_base_model().model.layers[0].retention.q_proj.base_layer.weight
     assert torch.equal(base_q, frozen)
+
+
+@pytest.mark.parametrize("config", [{"packing": True}, {"padding_free": True, "max_length": None}], ids=["packing", "padding_free"])
+def test_sft_packed_batches(config, tmp_path):
+    """TRL's packed and padding-free batches put several sequences in one row; retention restarts
+    its state at each (tests/models/test_packing.py proves the math), and training converges."""
+    trainer, losses = sft(tiny_model("hybrid").train(), tmp_path, config=config)
+    batch = next(iter(trainer.get_train_dataloader()))
+    starts = (batch["position_ids"][0] == 0).sum().item()
+    assert batch["input_ids"].shape[0] == 1 and starts > 1  # one row, several sequences
+    assert losses[-1] < 0.8 * losses[0], losses
