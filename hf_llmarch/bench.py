@@ -20,6 +20,7 @@ the peak (Linux only; elsewhere reported as n/a). Speed is measured here, never 
 import argparse
 import datetime
 import gc
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -38,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .console import show_on_console
 
 SUITES = ("dense", "overhead", "hybrid", "moe")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GOAL_OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, ">": operator.gt}
 DENSE_SPEED_GOAL = (">=", 0.95)  # ours within 5% of transformers
@@ -77,7 +79,7 @@ QUICK = {
     **dict(batch=1, seq=16, prompt=8, new_tokens=4, repeats=1, decode_steps=2, moe_tokens=64, contexts="16,32"),
     **dict(hidden=64, layers=2, heads=4, kv_heads=2, vocab=256, intermediate=128, moe_intermediate=64, experts=4),
 }
-DENSE_SETUP = ("hidden", "layers", "heads", "kv_heads", "vocab", "intermediate", "batch", "seq", "prompt", "new_tokens")
+DENSE_SETUP = ("hidden", "layers", "heads", "kv_heads", "vocab", "intermediate", "batch", "seq", "prompt", "new_tokens", "attn")
 HYBRID_SETUP = (
     *("hidden", "layers", "heads", "kv_heads", "vocab", "intermediate", "experts", "top_k"),
     *("contexts", "decode_steps", "decode_batch", "hybrid_pattern"),
@@ -93,6 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="dense")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument(
+        "--attn", choices=ATTN_IMPLEMENTATIONS, default="sdpa",
+        help="attention implementation for every compared model (flash_attention_2 needs flash-attn and a GPU)",
+    )
     parser.add_argument("--batch", type=int, help="batch of the dense suite (train and generate)")
     parser.add_argument("--seq", type=int, help="sequence length of the dense train step")
     parser.add_argument("--repeats", type=int, help="timed repeats per model (median reported)")
@@ -121,6 +127,8 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     if s.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("llmarch bench: --device cuda was asked for but CUDA is not available")
     on_cuda = s.device == "cuda"
+    if s.attn == "flash_attention_2" and not (on_cuda and importlib.util.find_spec("flash_attn")):
+        raise SystemExit("llmarch bench: --attn flash_attention_2 needs --device cuda and the flash-attn package")
     for key in (*DEVICE_DEFAULTS, *SHAPE_DEFAULTS):
         if getattr(s, key, None) is not None:
             continue
@@ -339,7 +347,7 @@ def _build_dense(s, which: str, seed: int):
     llama_cfg, ours_cfg = _dense_configs(s)
     torch.manual_seed(seed)
     cfg = ours_cfg if which == "ours" else llama_cfg
-    return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=s.attn)
 
 
 def _dense_pair(s, device):
@@ -391,7 +399,7 @@ def _dense_memory(s, models: dict, device) -> dict[str, dict]:
 
 def bench_dense(s) -> dict:
     device, dtype = torch.device(s.device), DTYPES[s.dtype]
-    res = {"title": "llmarch_dense vs transformers LlamaForCausalLM (identical weights, sdpa)"}
+    res = {"title": f"llmarch_dense vs transformers LlamaForCausalLM (identical weights, {s.attn})"}
     res.update(columns=["ours", "transformers"], setup=_pick(s, DENSE_SETUP))
     res["setup_text"] = (
         f"hidden {s.hidden}, {s.layers} layers, {s.heads} heads / {s.kv_heads} kv heads, vocab {s.vocab}, "
@@ -469,7 +477,7 @@ def bench_overhead(s) -> dict:
     res["setup_text"] = (
         f"hidden {t.hidden}, {t.layers} layers, {t.heads} heads / {t.kv_heads} kv heads, vocab {t.vocab}: kernels are "
         f"negligible, so this measures dispatch and Python. aten ops counted with a TorchDispatchMode; generate batch 1, "
-        f"prompt {t.prompt}, {t.new_tokens} new tokens, {s.device}, fp32, median of {s.repeats}"
+        f"prompt {t.prompt}, {t.new_tokens} new tokens, {s.attn}, {s.device}, fp32, median of {s.repeats}"
     )
     ours, ref = _dense_pair(t, device)
     models = {"ours": ours, "transformers": ref}
@@ -507,7 +515,7 @@ def _hybrid_models(s, device, dtype) -> dict:
         num_attention_heads=s.heads,
         num_key_value_heads=s.kv_heads,
         max_position_embeddings=max(4096, max(s.contexts) + s.decode_steps * (s.repeats + 1)),
-        attn_implementation="sdpa",
+        attn_implementation=s.attn,
     )
     models = {}
     for i, (name, pattern) in enumerate(patterns.items()):

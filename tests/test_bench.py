@@ -107,3 +107,10 @@ def test_overhead_suite(tmp_path):
         counts = res["metrics"][what]["values"]
         assert all(isinstance(n, int) and n > 0 for n in counts.values()), what
         assert counts["ours"] <= counts["transformers"], (what, counts)
+
+
+def test_attention_implementation_is_chosen_and_checked(tmp_path):
+    res = _run(tmp_path, "dense", "--attn", "eager", "--no-memory")
+    assert res["status"] == "ok" and "eager" in res["title"] and res["setup"]["attn"] == "eager"
+    with pytest.raises(SystemExit, match="flash-attn"):
+        bench.main(["--suite", "dense", "--quick", "--device", "cpu", "--attn", "flash_attention_2"])
