@@ -1,5 +1,5 @@
 """Real two-process runs on CPU through torchrun (gloo), as a user would launch them: Trainer DDP,
-and FSDP2 sharding of every block."""
+FSDP2 sharding of every block, and tensor parallelism through `tp_plan="auto"`."""
 
 import json
 import os
@@ -43,3 +43,15 @@ def test_two_process_fsdp_matches_one_process(tmp_path, preset):
     assert result["losses"][-1] < result["losses"][0]
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert saved(torch.arange(3, 19).unsqueeze(0)).logits.isfinite().all()
+
+
+def test_tensor_parallel_from_pretrained_matches_unsharded(tmp_path):
+    _torchrun("tp_run.py", tmp_path)
+    results = json.loads((tmp_path / "tp.json").read_text())
+    for family, result in results.items():
+        assert result["max_logit_diff"] < 1e-5 and result["same_greedy_tokens"], (family, result)
+        # Attention and dense MLP projections are split across the ranks (Llama's plan).
+        assert "model.layers.0.self_attn.q_proj.weight" in result["sharded"] or family == "hybrid", result
+        assert any(name.endswith("o_proj.weight") for name in result["sharded"]), (family, result)
+    # The hybrid's retention layers and MoE experts stay whole on every rank.
+    assert not any("retention" in name or "experts" in name for name in results["hybrid"]["sharded"])
