@@ -8,6 +8,14 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from hf_llmarch.data import byte_tokenizer
 
 
+def test_trainer_bf16_mixed_precision_lowers_loss(family, tmp_path):
+    """bf16=True (autocast), what GPU users run: retention upcasts its state, MoE keeps fp32 routing."""
+    model = tiny_model(family).train()
+    losses = train(model, tmp_path, steps=20, bf16=True)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < 0.9 * losses[0], losses
+    assert next(model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+
 def test_trainer_with_gradient_checkpointing_lowers_loss(family, tmp_path):
     model = tiny_model(family).train()
     losses = train(model, tmp_path, gradient_checkpointing=True)
