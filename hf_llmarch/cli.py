@@ -52,8 +52,9 @@ def _preset_config(name: str, overrides: dict) -> LlmArchConfig:
     return load_preset(name, **overrides) if overrides else base
 
 
-def _resolve_config(target: str) -> LlmArchConfig:
-    """A preset name or a checkpoint directory -> its config."""
+def _resolve_config(target: str, allow_native: bool = False) -> LlmArchConfig:
+    """A preset name or a checkpoint directory -> its config; with `allow_native`, a native
+    llama / mistral / qwen2 / qwen3 / gpt2 checkpoint gives its llmarch_dense equivalent."""
     if os.path.isdir(target):
         from transformers import AutoConfig
 
@@ -61,15 +62,31 @@ def _resolve_config(target: str) -> LlmArchConfig:
             config = AutoConfig.from_pretrained(target)
         except (OSError, ValueError) as err:
             raise CliError(f"cannot read a config from {target!r}: {err}") from err
-        if not isinstance(config, LlmArchConfig):
-            raise CliError(
-                f"{target!r} holds a {config.model_type!r} checkpoint, not an hf_llmarch one; "
-                "convert it first with `llmarch convert --from-hf`"
-            )
-        return config
+        if isinstance(config, LlmArchConfig):
+            return config
+        if allow_native:
+            return _native_equivalent(target, config)
+        raise CliError(
+            f"{target!r} holds a {config.model_type!r} checkpoint, not an hf_llmarch one; "
+            "convert it first with `llmarch convert --from-hf`"
+        )
     if target not in list_presets():
         raise CliError(f"{target!r} is neither a preset nor a checkpoint directory; presets: {', '.join(list_presets())}")
     return _preset_config(target, {})
+
+
+def _native_equivalent(target: str, native) -> LlmArchConfig:
+    """The llmarch_dense config of a native checkpoint we can convert (same parameters and math)."""
+    from .convert import ADAPTERS
+    from .models.dense import LlmArchDenseConfig
+
+    if native.model_type not in ADAPTERS:
+        raise CliError(
+            f"{target!r} holds a {native.model_type!r} checkpoint, which hf_llmarch cannot read; "
+            f"convertible model types: {', '.join(sorted(ADAPTERS))}"
+        )
+    fields = ADAPTERS[native.model_type].config_from_hf(native)
+    return LlmArchDenseConfig(**fields, converted_from=native.model_type)
 
 
 def _cmd_list(args) -> int:
@@ -109,7 +126,7 @@ def _cmd_init(args) -> int:
 def _cmd_info(args) -> int:
     if args.context < 1:
         raise CliError(f"--context {args.context} must be a positive number of tokens")
-    summary = summarize(_resolve_config(args.target), context=args.context, dtype=DTYPES[args.dtype])
+    summary = summarize(_resolve_config(args.target, allow_native=True), context=args.context, dtype=DTYPES[args.dtype])
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -190,7 +207,10 @@ def _add_own_commands(subparsers):
     p.set_defaults(handler=_cmd_init)
 
     p = subparsers.add_parser("info", help="parameters, FLOPs/token and cache bytes/token of a preset or checkpoint")
-    p.add_argument("target", metavar="PRESET_OR_PATH", help="preset name or checkpoint directory")
+    p.add_argument(
+        "target", metavar="PRESET_OR_PATH",
+        help="preset name, or an hf_llmarch or native llama/mistral/qwen2/qwen3/gpt2 checkpoint directory",
+    )
     p.add_argument("--context", type=int, default=4096, help="context length in tokens (default 4096)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="cache dtype (default bf16)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -82,6 +82,32 @@ def test_info_reads_a_checkpoint_dir(tiny_checkpoint, capsys):
     assert summary["layer_pattern"] == "(attn/mlp)x4"
 
 
+@pytest.mark.parametrize("native", ["qwen2", "gpt2"])
+def test_info_reads_a_native_checkpoint(native, tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(vocab_size=100, num_attention_heads=4)
+    if native == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape, num_key_value_heads=2, hidden_size=64, intermediate_size=96, num_hidden_layers=3))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(**shape, n_embd=64, n_layer=3, n_positions=32))
+    model.save_pretrained(tmp_path)
+    assert main(["info", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parameters"]["total"] == model.num_parameters()  # tied head counted once
+    assert summary["layer_pattern"] == "(attn/mlp)x3"
+    assert main(["card", str(tmp_path)]) == 2  # a card must describe an hf_llmarch checkpoint
+    assert "convert it first" in capsys.readouterr().err
+
+
+def test_info_names_an_unreadable_model_type(tmp_path, capsys):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64).save_pretrained(tmp_path)
+    assert main(["info", str(tmp_path)]) == 2
+    assert "'bert'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [[], *([cmd] for cmd in SUBCOMMANDS)])
 def test_help_exits_zero(argv, capsys):
     with pytest.raises(SystemExit) as exc:
