@@ -112,8 +112,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         seq_len = inputs_embeds.shape[1]
         if position_ids is None:
-            past = self._past_length(past_key_values)  # an int, or a tensor (static or recurrent-only)
-            position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past).unsqueeze(0)
+            position_ids = self._next_positions(past_key_values, seq_len, inputs_embeds.device)
         if self.first_attention_layer is None:
             _advance_seen_tokens(past_key_values, seq_len, inputs_embeds.device)
 
@@ -192,6 +191,14 @@ class LlmArchModel(LlmArchPreTrainedModel):
                 "the 2D [batch, seq] padding mask: pass the 2D mask instead of a prebuilt 4D one"
             )
         return attention_mask[:, -seq_len:].bool()  # the current chunk of a growing mask
+
+    def _next_positions(self, cache: Cache | None, seq_len: int, device) -> torch.Tensor:
+        """[1, T] positions after the cached tokens; the cached count is a tensor for static
+        caches and recurrent-only stacks, kept on device so compiled decode reads no host value."""
+        past = self._past_length(cache)
+        if isinstance(past, torch.Tensor):
+            return (torch.arange(seq_len, device=device) + past).unsqueeze(0)
+        return torch.arange(past, past + seq_len, device=device).unsqueeze(0)
 
     def _past_length(self, cache: Cache | None) -> int | torch.Tensor:
         """Tokens already in the cache. Attention layers know it; a stack of only recurrent layers
