@@ -61,3 +61,37 @@ def test_hybrid_generate_on_cuda_matches_uncached():
     model = tiny_model("hybrid").cuda()
     ids = torch.randint(0, 250, (2, 8), device="cuda")
     assert torch.equal(model.generate(ids, max_new_tokens=10, do_sample=False), model.generate(ids, max_new_tokens=10, do_sample=False, use_cache=False))
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["llama", "hybrid"])
+def test_packed_batch_with_flash_varlen_equals_each_alone(family):
+    """DataCollatorWithFlattening adds cu_seq_lens: flash-attn's varlen path, retention's restarts."""
+    pytest.importorskip("flash_attn")
+    from transformers import DataCollatorWithFlattening
+
+    model = tiny_model(family).cuda().to(torch.bfloat16)
+    model.set_attn_implementation("flash_attention_2")
+    sequences = [list(range(5, 75)), list(range(30, 80)), list(range(100, 109))]
+    batch = DataCollatorWithFlattening(return_flash_attn_kwargs=True)([{"input_ids": s} for s in sequences])
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        packed = model(**batch).logits[0].float()
+        alone = torch.cat([model(torch.tensor([s], device="cuda")).logits[0].float() for s in sequences])
+    torch.testing.assert_close(packed, alone, atol=5e-2, rtol=5e-2)
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["llama", "hybrid"])
+def test_generate_auto_compiles_static_cache_on_cuda(family):
+    """On CUDA, generate() compiles the decode step itself for a static cache; same tokens as eager."""
+    model = tiny_model(family).cuda().to(torch.bfloat16)
+    ids = torch.randint(3, 250, (2, 8), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    kwargs = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, cache_implementation="static")
+    eager = model.generate(ids, disable_compile=True, **kwargs)
+    compiled = model.generate(ids, **kwargs)
+    assert torch.equal(compiled, eager)

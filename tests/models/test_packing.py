@@ -62,3 +62,15 @@ def test_filled_cache_is_not_taken_for_packing():
         cache = model(ids[:, :8], use_cache=True).past_key_values
         step = model(ids[:, 8:], position_ids=torch.arange(8, 12)[None], past_key_values=cache).logits
     torch.testing.assert_close(step, full[:, 8:], atol=1e-5, rtol=1e-5)
+
+
+def test_flash_varlen_kwargs_are_harmless_off_flash(family):
+    """Collators built for flash-attn add cu_seq_lens / max_length; other kernels ignore them."""
+    model = tiny_model(family)
+    sequences = _sequences(seed=2)
+    batch = DataCollatorWithFlattening(return_flash_attn_kwargs=True)([{"input_ids": s} for s in sequences])
+    assert "cu_seq_lens_q" in batch
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        alone = [model(torch.tensor([s])).logits[0] for s in sequences]
+    torch.testing.assert_close(logits[0], torch.cat(alone), atol=1e-5, rtol=1e-5)
