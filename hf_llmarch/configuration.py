@@ -34,13 +34,18 @@ class LlmArchConfig(PreTrainedConfig):
 
     model_type = "llmarch"
     keys_to_ignore_at_inference = ["past_key_values"]
-    # Megatron-style tensor parallelism (`tp_plan="auto"`) for attention and dense MLP layers, as
-    # Llama's. Recurrent mixers and MoE experts match no entry and stay replicated: correct, unsharded.
+    # Megatron-style tensor parallelism (`tp_plan="auto"`): attention and retention split by heads,
+    # dense MLPs by columns, as Llama's plan. MoE experts match no entry and stay replicated.
     base_model_tp_plan: ClassVar[dict[str, str]] = {
         "layers.*.self_attn.q_proj": "colwise",
         "layers.*.self_attn.k_proj": "colwise",
         "layers.*.self_attn.v_proj": "colwise",
         "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.retention.q_proj": "colwise",
+        "layers.*.retention.k_proj": "colwise",
+        "layers.*.retention.v_proj": "colwise",
+        "layers.*.retention.g_proj": "colwise",
+        "layers.*.retention.o_proj": "rowwise",
         "layers.*.mlp.gate_proj": "colwise",
         "layers.*.mlp.up_proj": "colwise",
         "layers.*.mlp.down_proj": "rowwise",

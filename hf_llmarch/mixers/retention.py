@@ -42,23 +42,33 @@ class LlmArchRetention(nn.Module):
         self.o_proj = nn.Linear(inner_v, config.hidden_size, bias=False)
         self.g_norm = LlmArchRMSNorm(self.value_dim, eps=config.norm_eps)
 
+    def _local_heads(self, local: int) -> slice:
+        """The heads this process computes: all, or its rank's slice of a column-sharded q_proj
+        (each head keeps its own decay gamma_h, so the slice must be the right one)."""
+        if local == self.num_heads:
+            return slice(None)
+        rank = self.q_proj.weight.device_mesh.get_local_rank()
+        return slice(rank * local, (rank + 1) * local)
+
     def forward(
         self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, sequence_starts=None, **kwargs
     ):
         """`attention_mask`: the [B, T] bool token mask of this chunk, or None when nothing is padded.
         `sequence_starts`: [B, T] bool, True where a packed sequence begins; the state restarts there."""
         batch, seq_len, _ = hidden_states.shape
-        heads = (batch, seq_len, self.num_heads, -1)
-        q = self.q_proj(hidden_states).view(heads)  # [B, T, H, Dk]
-        k = self.k_proj(hidden_states).view(heads)
-        v = self.v_proj(hidden_states).view(heads)  # [B, T, H, Dv]
+        # -1 heads: under tensor parallelism each process holds a slice of the heads.
+        q = self.q_proj(hidden_states).view(batch, seq_len, -1, self.key_dim)  # [B, T, H, Dk]
+        k = self.k_proj(hidden_states).view(batch, seq_len, -1, self.key_dim)
+        v = self.v_proj(hidden_states).view(batch, seq_len, -1, self.value_dim)  # [B, T, H, Dv]
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=hidden_states.device)[None]
         cos, sin = rotary_cos_sin(position_ids, self.key_dim, ROTARY_THETA, q.dtype)  # [B|1, T, Dk]
         q, k = apply_rotary(q, k, cos, sin, head_dim_axis=2)
         if attention_mask is not None:
             k = k * attention_mask[:, :, None, None].to(k.dtype)  # pads write nothing
-        log_decay = retention_log_decay(self.num_heads, batch, seq_len, attention_mask, hidden_states.device)
+        log_decay = retention_log_decay(
+            self.num_heads, batch, seq_len, attention_mask, hidden_states.device, heads=self._local_heads(q.shape[2])
+        )
 
         out, state = retention(
             q,

@@ -78,12 +78,14 @@ def retention_decay(num_heads: int, device=None) -> torch.Tensor:
 
 
 def retention_log_decay(
-    num_heads: int, batch: int, seq_len: int, token_mask=None, device=None
+    num_heads: int, batch: int, seq_len: int, token_mask=None, device=None, heads: slice | None = None
 ) -> torch.Tensor:
-    """Per-token log-decay [B, T, H] float32; multiplied by token_mask [B, T] so pads get 0."""
+    """Per-token log-decay [B, T, H] float32; multiplied by token_mask [B, T] so pads get 0.
+    `heads` picks the heads this process computes (a tensor-parallel shard); default all."""
     if device is None and token_mask is not None:
         device = token_mask.device
-    g = retention_decay(num_heads, device=device).expand(batch, seq_len, num_heads)
+    decay = retention_decay(num_heads, device=device)[heads or slice(None)]
+    g = decay.expand(batch, seq_len, decay.shape[0])
     if token_mask is not None:
         g = g * token_mask.to(device=device, dtype=torch.float32)[..., None]
     return g.contiguous()
