@@ -132,3 +132,20 @@ def test_mqa_and_mha_generate(kv_heads):
     a = model.generate(ids, max_new_tokens=6, do_sample=False)
     b = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False)
     assert torch.equal(a, b)
+
+
+def test_resize_token_embeddings_for_new_tokens(family, tmp_path):
+    """Adding tokens before fine-tuning: embeddings and head grow together and survive save/load."""
+    model = tiny_model(family)
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(old + 6)
+    assert model.config.vocab_size == old + 6
+    assert model.get_output_embeddings().weight.shape[0] == old + 6
+    if model.config.tie_word_embeddings:
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    ids = torch.tensor([[old + 5, 3, 4]])
+    logits = model(ids).logits
+    assert logits.shape == (1, 3, old + 6)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded(ids).logits, logits, atol=0, rtol=0)
