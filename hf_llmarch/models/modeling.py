@@ -112,7 +112,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         seq_len = inputs_embeds.shape[1]
         if position_ids is None:
-            position_ids = self._next_positions(past_key_values, seq_len, inputs_embeds.device)
+            position_ids = self._next_positions(past_key_values, seq_len, inputs_embeds.device, attention_mask)
         if self.first_attention_layer is None:
             _advance_seen_tokens(past_key_values, seq_len, inputs_embeds.device)
 
@@ -192,9 +192,14 @@ class LlmArchModel(LlmArchPreTrainedModel):
             )
         return attention_mask[:, -seq_len:].bool()  # the current chunk of a growing mask
 
-    def _next_positions(self, cache: Cache | None, seq_len: int, device) -> torch.Tensor:
+    def _next_positions(self, cache: Cache | None, seq_len: int, device, attention_mask=None) -> torch.Tensor:
         """[1, T] positions after the cached tokens; the cached count is a tensor for static
-        caches and recurrent-only stacks, kept on device so compiled decode reads no host value."""
+        caches and recurrent-only stacks, kept on device so compiled decode reads no host value.
+
+        Learned absolute positions count real tokens only ([B, T] from a 2D padding mask, as
+        generate() does), so a left-padded row equals its unpadded self; native GPT-2 does not."""
+        if hasattr(self, "embed_positions") and isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
+            return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
         past = self._past_length(cache)
         if isinstance(past, torch.Tensor):
             return (torch.arange(seq_len, device=device) + past).unsqueeze(0)

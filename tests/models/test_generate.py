@@ -93,7 +93,10 @@ def test_padded_row_equals_unpadded_row(family):
     with torch.no_grad():
         alone = model(ids).logits
         with_pad = model(padded, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, 4:]
+        # Without position_ids: learned positions count real tokens themselves; RoPE is relative.
+        mask_only = model(padded, attention_mask=mask).logits[:, 4:]
     torch.testing.assert_close(with_pad, alone, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(mask_only, alone, atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("impl", ["eager", "flex_attention"])

@@ -116,8 +116,16 @@ def test_sequence_classification(family, tmp_path):
     model = AutoModelForSequenceClassification.from_config(config)
     ids = torch.randint(0, 250, (2, 8))
     ids[0, :3] = config.pad_token_id  # left padding: pooled at the last real token
-    out = model(ids, attention_mask=(ids != config.pad_token_id).long(), labels=torch.tensor([0, 2]))
+    ids[ids == config.pad_token_id] = 5  # no accidental pads among the real tokens
+    ids[0, :3] = config.pad_token_id
+    mask = (ids != config.pad_token_id).long()
+    out = model(ids, attention_mask=mask, labels=torch.tensor([0, 2]))
     assert out.logits.shape == (2, 3) and out.loss.requires_grad
+    model.eval()
+    with torch.no_grad():  # the padded row is classified exactly as its unpadded self
+        alone = model(ids[:1, 3:]).logits
+        padded = model(ids, attention_mask=mask).logits[:1]
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
     model.save_pretrained(tmp_path)
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     with torch.no_grad():
