@@ -84,8 +84,8 @@ class LlmArchModel(LlmArchPreTrainedModel):
         self.gradient_checkpointing = False
         # Facts about the stack, read once: the config's __getattribute__ is slow per decode step.
         self.first_attention_layer = next((i for i, t in enumerate(config.layer_types) if t != "linear_attention"), None)
-        self.first_recurrent_layer = next((i for i, t in enumerate(config.layer_types) if t == "linear_attention"), None)
-        self.needs_token_mask = "linear_attention" in config.layer_types or "moe" in config.ffn_types
+        self.has_recurrent_layers = "linear_attention" in config.layer_types
+        self.needs_token_mask = self.has_recurrent_layers or "moe" in config.ffn_types
         self.post_init()
         _log_attention_path(config)
 
@@ -175,7 +175,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         packed sequences, for recurrent mixers. None unless the stack has one and the call looks like
         packed training (caller's position_ids, no padding mask, no cache passed in): transformers'
         rule for its packed attention mask, which reads no cache length, so compiled decode stays whole."""
-        if position_ids is None or attention_mask is not None or cache is not None or self.first_recurrent_layer is None:
+        if position_ids is None or attention_mask is not None or cache is not None or not self.has_recurrent_layers:
             return None
         position_ids = position_ids.expand(batch, -1)
         return F.pad(position_ids[:, 1:] != position_ids[:, :-1] + 1, (1, 0))
