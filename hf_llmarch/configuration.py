@@ -17,7 +17,8 @@ from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from .mixers.registry import FFN_KINDS, MIXER_LAYER_TYPES
+from .compat import CACHE_NAMES
+from .mixers.registry import FFN_KINDS, GATED_MLP_TP, MIXER_LAYER_TYPES, MIXER_TP_PLANS, PLAIN_MLP_TP
 from .pattern import compress_pattern, expand_pattern
 
 ROPE_TYPES = ("default", *ROPE_INIT_FUNCTIONS)
@@ -33,23 +34,10 @@ class LlmArchConfig(PreTrainedConfig):
     """Fields shared by every hf_llmarch family. Subclasses set `model_type` and defaults."""
 
     model_type = "llmarch"
-    keys_to_ignore_at_inference = ["past_key_values"]
-    # Megatron-style tensor parallelism (`tp_plan="auto"`): attention and retention split by heads,
-    # dense MLPs by columns, as Llama's plan. MoE experts match no entry and stay replicated.
-    base_model_tp_plan: ClassVar[dict[str, str]] = {
-        "layers.*.self_attn.q_proj": "colwise",
-        "layers.*.self_attn.k_proj": "colwise",
-        "layers.*.self_attn.v_proj": "colwise",
-        "layers.*.self_attn.o_proj": "rowwise",
-        "layers.*.retention.q_proj": "colwise",
-        "layers.*.retention.k_proj": "colwise",
-        "layers.*.retention.v_proj": "colwise",
-        "layers.*.retention.g_proj": "colwise",
-        "layers.*.retention.o_proj": "rowwise",
-        "layers.*.mlp.gate_proj": "colwise",
-        "layers.*.mlp.up_proj": "colwise",
-        "layers.*.mlp.down_proj": "rowwise",
-    }
+    keys_to_ignore_at_inference = CACHE_NAMES  # Trainer drops the cache from eval outputs
+    # Tensor parallelism (`tp_plan="auto"`): built per config from the kinds in the stack (see
+    # `_tensor_parallel_plan`), so every entry names a parameter the model has.
+    base_model_tp_plan: ClassVar[dict[str, str] | None] = None
     # A config built from `num_hidden_layers` alone repeats this unit.
     default_pattern: ClassVar[str] = "attn"
     default_ffn: ClassVar[str] = "mlp"
@@ -102,6 +90,7 @@ class LlmArchConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self._expand_layers()
+        self.base_model_tp_plan = self._tensor_parallel_plan()
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads and self.hidden_size % self.num_attention_heads == 0:
@@ -154,6 +143,16 @@ class LlmArchConfig(PreTrainedConfig):
         self.layer_types = derived
         if self.layer_pattern is None:
             self.layer_pattern = compress_pattern(self.mixer_types, self.ffn_types)
+
+    def _tensor_parallel_plan(self) -> dict[str, str]:
+        """Megatron-style plan for the kinds this stack holds (attention and retention split by
+        heads, dense MLPs by columns); an entry for an absent kind would match no parameter."""
+        plan = {}
+        for mixer in dict.fromkeys(self.mixer_types):
+            plan |= MIXER_TP_PLANS.get(mixer, {})
+        if "mlp" in self.ffn_types:
+            plan |= GATED_MLP_TP if self.mlp_gated else PLAIN_MLP_TP
+        return {f"layers.*.{name}": style for name, style in plan.items()}
 
     def _check_names(self):
         for i, mixer in enumerate(self.mixer_types):

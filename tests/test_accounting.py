@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 import hf_llmarch
+from hf_llmarch import compat
 from hf_llmarch.accounting import (
     cache_bytes_per_token,
     count_parameters,
@@ -107,11 +108,11 @@ def _generate_with_cache(config, prompt_len: int, new_tokens: int, dtype=torch.f
     cache = DynamicCache(config=model.config)
     ids = torch.randint(0, 256, (1, prompt_len))
     out = model.generate(
-        ids, past_key_values=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+        ids, **compat.cache_kwargs(cache), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
         return_dict_in_generate=True, pad_token_id=0,
     )
     # The last sampled token is never fed back, so the cache has seen one token less.
-    return out.past_key_values, out.sequences.shape[1] - 1
+    return compat.output_cache(out), out.sequences.shape[1] - 1
 
 
 def _tensor_bytes(tensors) -> int:

@@ -2,12 +2,12 @@
 
 A mixer class takes `(config, layer_idx)`, names its attribute in the block with `block_attr`,
 and returns `(output, attention_weights_or_None)` from `forward(hidden_states, attention_mask=...,
-position_ids=..., position_embeddings=..., past_key_values=..., **kwargs)`. `register_mixer` adds
+position_ids=..., position_embeddings=..., cache=..., **kwargs)`. `register_mixer` adds
 one under a pattern name with the transformers layer type its cache needs.
 """
 
 from .attention import LlmArchAttention
-from .registry import FFN_KINDS, MIXER_LAYER_TYPES
+from .registry import FFN_KINDS, MIXER_LAYER_TYPES, MIXER_TP_PLANS
 from .retention import LlmArchRetention
 
 MIXER_CLASSES = {
@@ -17,10 +17,13 @@ MIXER_CLASSES = {
 }
 
 
-def register_mixer(name: str, cls, layer_type: str):
-    """Make `name` usable in layer patterns; layer_type is e.g. "full_attention" or "linear_attention"."""
+def register_mixer(name: str, cls, layer_type: str, tp_plan: dict[str, str] | None = None):
+    """Make `name` usable in layer patterns; layer_type is e.g. "full_attention" or "linear_attention".
+    `tp_plan` maps the mixer's projections (relative to the block, e.g. "my_mixer.q_proj") to
+    tensor-parallel styles; without one the mixer stays replicated under tensor parallelism."""
     MIXER_CLASSES[name] = cls
     MIXER_LAYER_TYPES[name] = layer_type
+    MIXER_TP_PLANS[name] = dict(tp_plan or {})
 
 
 def build_mixer(config, layer_idx: int):

@@ -59,7 +59,7 @@ class LlmArchAttention(nn.Module):
             self.q_norm = LlmArchRMSNorm(self.head_dim, eps=config.norm_eps)
             self.k_norm = LlmArchRMSNorm(self.head_dim, eps=config.norm_eps)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)  # -1 heads: tensor-parallel shards stay valid
         query = self.q_proj(hidden_states).view(hidden_shape)  # [B, T, H, D]
@@ -71,8 +71,8 @@ class LlmArchAttention(nn.Module):
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query, key = apply_rotary(query, key, cos, sin)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward

@@ -14,3 +14,15 @@ MIXER_LAYER_TYPES = {
 }
 
 FFN_KINDS = ("mlp", "moe", "none")
+
+# Tensor-parallel plan per kind, keyed relative to the block (Megatron-style: projections into
+# heads split by columns, the projection back by rows). The config assembles the model's plan
+# from the kinds its stack holds, so every entry matches a parameter. MoE experts stay whole.
+_ATTENTION_TP = {f"self_attn.{p}_proj": "colwise" for p in "qkv"} | {"self_attn.o_proj": "rowwise"}
+MIXER_TP_PLANS = {
+    "attn": _ATTENTION_TP,
+    "swa": _ATTENTION_TP,
+    "retention": {f"retention.{p}_proj": "colwise" for p in "qkvg"} | {"retention.o_proj": "rowwise"},
+}
+GATED_MLP_TP = {"mlp.gate_proj": "colwise", "mlp.up_proj": "colwise", "mlp.down_proj": "rowwise"}
+PLAIN_MLP_TP = {"mlp.up_proj": "colwise", "mlp.down_proj": "rowwise"}

@@ -51,7 +51,7 @@ class LlmArchRetention(nn.Module):
         return slice(rank * local, (rank + 1) * local)
 
     def forward(
-        self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None, sequence_starts=None, **kwargs
+        self, hidden_states, attention_mask=None, position_ids=None, cache=None, sequence_starts=None, **kwargs
     ):
         """`attention_mask`: the [B, T] bool token mask of this chunk, or None when nothing is padded.
         `sequence_starts`: [B, T] bool, True where a packed sequence begins; the state restarts there."""
@@ -76,12 +76,12 @@ class LlmArchRetention(nn.Module):
             v,
             log_decay,
             scale=self.key_dim**-0.5,
-            initial_state=read_recurrent_state(past_key_values, self.layer_idx),
+            initial_state=read_recurrent_state(cache, self.layer_idx),
             mode=self.mode,
             chunk_size=self.chunk_size,
             reset=sequence_starts,
         )
-        write_recurrent_state(past_key_values, self.layer_idx, state)
+        write_recurrent_state(cache, self.layer_idx, state)
         out = self.g_norm(out).reshape(batch, seq_len, -1)  # [B, T, H * Dv]
         out = out * F.silu(self.g_proj(hidden_states))
         return self.o_proj(out), None

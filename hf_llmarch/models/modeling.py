@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .. import compat
 from ..configuration import LlmArchConfig
 from ..mixers import LlmArchAttention
 from ..modules.moe import MoEExperts
@@ -54,7 +55,7 @@ class LlmArchPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlmArchBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = compat.CACHE_NAMES
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -96,25 +97,34 @@ class LlmArchModel(LlmArchPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> LlmArchModelOutput:
+        """`cache` and `past_key_values` are the same argument (transformers 5.24 renamed it)."""
+        compat.check_forward_kwargs(type(self).__name__, kwargs)
+        cache = compat.resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # A checkpointed layer runs twice; a cache would take its update twice.
+            if cache is not None:
+                logger.warning("gradient checkpointing in training: the cache passed to forward is not used")
+            use_cache, cache = False, None
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         # Packed rows (padding-free batches) are told by position_ids restarting, as in transformers.
-        sequence_starts = self._sequence_starts(position_ids, attention_mask, past_key_values, inputs_embeds.shape[0])
-        fresh_cache = use_cache and past_key_values is None
+        sequence_starts = self._sequence_starts(position_ids, attention_mask, cache, inputs_embeds.shape[0])
+        fresh_cache = use_cache and cache is None
         if fresh_cache:
-            past_key_values = DynamicCache(config=self.config)
+            cache = DynamicCache(config=self.config)
         seq_len = inputs_embeds.shape[1]
         if position_ids is None:
-            position_ids = self._next_positions(past_key_values, seq_len, inputs_embeds.device, attention_mask)
+            position_ids = self._next_positions(cache, seq_len, inputs_embeds.device, attention_mask)
         if self.first_attention_layer is None:
-            _advance_seen_tokens(past_key_values, seq_len, inputs_embeds.device)
+            _advance_seen_tokens(cache, seq_len, inputs_embeds.device)
 
         hidden_states = inputs_embeds
         if hasattr(self, "embed_positions"):
@@ -123,7 +133,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
             hidden_states = self.embed_dropout(hidden_states)
         # A cache made in this call is empty: building masks without it keeps transformers'
         # packed-sequence detection, which it skips whenever a cache is passed.
-        mask_cache = None if fresh_cache else past_key_values
+        mask_cache = None if fresh_cache else cache
         masks = self._build_masks(attention_mask, hidden_states, mask_cache, position_ids)
         token_mask = masks["linear_attention"]
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if hasattr(self, "rotary_emb") else None
@@ -137,7 +147,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
                 sequence_starts=sequence_starts,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 **kwargs,
             )
@@ -145,10 +155,10 @@ class LlmArchModel(LlmArchPreTrainedModel):
                 aux_losses.append(aux)
         aux_loss = torch.stack(aux_losses).mean() if aux_losses else None
         return LlmArchModelOutput(
-            last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values, aux_loss=aux_loss
+            last_hidden_state=self.norm(hidden_states), aux_loss=aux_loss, **compat.cache_kwargs(cache)
         )
 
-    def _build_masks(self, attention_mask, hidden_states, past_key_values, position_ids) -> dict:
+    def _build_masks(self, attention_mask, hidden_states, cache, position_ids) -> dict:
         """One mask per layer type present: 4D (or None) for attention, a [B, T] bool token mask
         (or None when nothing is padded) for recurrent mixers and the MoE router statistics."""
         layer_types = self.config.layer_types
@@ -164,8 +174,8 @@ class LlmArchModel(LlmArchPreTrainedModel):
                     config=self.config,
                     inputs_embeds=hidden_states,
                     attention_mask=attention_mask,
-                    past_key_values=past_key_values,
                     position_ids=position_ids,
+                    **compat.cache_kwargs(cache),
                     layer_idx=layer_types.index(layer_type),  # 5.17 picks a wrong default in hybrids
                 )
         return masks
@@ -248,24 +258,31 @@ class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
         self._is_stateful = "linear_attention" in config.layer_types
         self.post_init()
 
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        compat.prepare_generation_cache(model_kwargs, recurrent_only=self.model.first_attention_layer is None)
+
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> LlmArchCausalLMOutput:
+        """`cache` and `past_key_values` are the same argument (transformers 5.24 renamed it); the
+        output carries the cache under the installed release's field (`cache` from 5.24 on)."""
         outputs: LlmArchModelOutput = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=compat.resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -281,9 +298,9 @@ class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
             loss=loss,
             aux_loss=outputs.aux_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **compat.cache_kwargs(compat.output_cache(outputs)),
         )
 
 

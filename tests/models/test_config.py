@@ -124,3 +124,23 @@ def test_preset_override_typo_is_refused():
     with pytest.raises(ValueError, match="hiden_size.*did you mean 'hidden_size'"):
         hf_llmarch.load_preset("llama-tiny", hiden_size=256)
     assert hf_llmarch.load_preset("llama-tiny", num_labels=3).num_labels == 3
+
+
+@pytest.mark.parametrize("pattern", ["(attn/mlp)x2", "(retention/moe)x2", "attn/moe swa/none", "retention/mlp attn/moe"])
+@pytest.mark.parametrize("gated", [True, False])
+def test_tensor_parallel_plan_names_only_parameters_the_model_has(pattern, gated):
+    """transformers' common test_tp_plan_matches_params: a plan entry that matches no parameter
+    (e.g. retention entries in a pure-attention model) is an error; every sharded projection is covered."""
+    import re
+
+    from transformers import AutoModel
+
+    config = hf_llmarch.load_preset("hybrid-tiny", layer_pattern=pattern, mlp_gated=gated, sliding_window=4, hidden_size=32, num_attention_heads=2, num_key_value_heads=2)
+    names = [n.removesuffix(".weight") for n, _ in AutoModel.from_config(config).named_parameters() if n.endswith(".weight")]
+    plan = config.base_model_tp_plan
+    for entry in plan:
+        regex = re.compile(entry.replace(".", r"\.").replace("*", r"\d+") + "$")
+        assert any(regex.match(n) for n in names), f"tp plan entry {entry!r} matches no parameter of {pattern}"
+    projections = [n for n in names if re.search(r"\.(self_attn|retention|mlp)\.\w+_proj$", n)]
+    covered = [n for n in projections if any(re.match(e.replace(".", r"\.").replace("*", r"\d+") + "$", n) for e in plan)]
+    assert covered == projections

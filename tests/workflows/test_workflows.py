@@ -89,13 +89,13 @@ def test_static_cache_decode_compiles_whole(family):
     cache = StaticCache(config=model.config, max_cache_len=32)
     step = torch.compile(model.forward, fullgraph=True, dynamic=False)
     with torch.no_grad():
-        token = model(ids, past_key_values=cache, cache_position=torch.arange(8)).logits[:, -1:].argmax(-1)
+        token = model(ids, cache=cache).logits[:, -1:].argmax(-1)
         tokens = [token]
         for pos in range(8, 13):
             position = torch.tensor([pos])
             stance = "fail_on_recompile" if pos > 8 else "default"
             with torch.compiler.set_stance(stance):
-                logits = step(input_ids=token, past_key_values=cache, cache_position=position, position_ids=position[None]).logits
+                logits = step(input_ids=token, cache=cache, position_ids=position[None]).logits
             token = logits[:, -1:].argmax(-1)
             tokens.append(token)
     assert torch.equal(torch.cat(tokens, dim=1), eager[:, 8:])
