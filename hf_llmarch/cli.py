@@ -1,11 +1,15 @@
 """The `llmarch` command: list presets, init a random model, print its accounting, write a model
-card, convert checkpoints, and run the demo and benchmarks (which live in their own modules)."""
+card, report the environment, convert checkpoints, and run the demo and benchmarks (which live in
+their own modules)."""
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
 import sys
+import types
+import typing
 
 import torch
 
@@ -44,12 +48,37 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 
 def _preset_config(name: str, overrides: dict) -> LlmArchConfig:
-    base = load_preset(name)
-    # Configs accept any keyword silently, so a typo would otherwise be ignored.
-    unknown = sorted(set(overrides) - set(base.to_dict()))
-    if unknown:
-        raise CliError(f"--set: {base.__class__.__name__} has no field {', '.join(map(repr, unknown))}")
-    return load_preset(name, **overrides) if overrides else base
+    """load_preset refuses unknown field names (with a did-you-mean); the types are checked here,
+    since a string the config cannot use would otherwise fail deep inside it, or not at all."""
+    config_cls = type(load_preset(name))
+    annotations = {f.name: f.type for f in dataclasses.fields(config_cls)}
+    for key, value in overrides.items():
+        expected = annotations.get(key)
+        if expected is not None and not _accepts(expected, value):
+            raise CliError(
+                f"--set {key}={json.dumps(value)}: {key} takes {getattr(expected, '__name__', expected)}; "
+                "VALUE is read as JSON (4, 1e-5, true, [1,2], null), else as a plain string"
+            )
+    try:
+        return load_preset(name, **overrides)
+    except ValueError as err:  # the preset alone loaded above, so an override caused this
+        raise CliError(f"--set: {err}") from err
+
+
+def _accepts(annotation, value) -> bool:
+    """Whether `value` fits a field annotation like int, float, str, list[str] | None."""
+    if isinstance(annotation, str):  # transformers' own fields: annotations we cannot evaluate
+        return True
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return any(_fits(typing.get_origin(option) or option, value) for option in options)
+
+
+def _fits(kind, value) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass, but only a bool field takes true/false
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(kind, type) and isinstance(value, kind)
 
 
 def _resolve_config(target: str, allow_native: bool = False) -> LlmArchConfig:
@@ -72,7 +101,7 @@ def _resolve_config(target: str, allow_native: bool = False) -> LlmArchConfig:
         )
     if target not in list_presets():
         raise CliError(f"{target!r} is neither a preset nor a checkpoint directory; presets: {', '.join(list_presets())}")
-    return _preset_config(target, {})
+    return load_preset(target)
 
 
 def _native_equivalent(target: str, native) -> LlmArchConfig:
@@ -128,6 +157,14 @@ def _cmd_info(args) -> int:
         raise CliError(f"--context {args.context} must be a positive number of tokens")
     summary = summarize(_resolve_config(args.target, allow_native=True), context=args.context, dtype=DTYPES[args.dtype])
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _cmd_env(args) -> int:
+    from . import environment
+
+    info = environment.collect()
+    print(json.dumps(info, indent=2) if args.json else environment.format_report(info))
     return 0
 
 
@@ -224,6 +261,10 @@ def _add_own_commands(subparsers):
     p.add_argument("--out", help="output file (default: PATH/README.md, or model_cards/PRESET.md)")
     p.add_argument("--force", action="store_true", help="overwrite an existing card")
     p.set_defaults(handler=_cmd_card)
+
+    p = subparsers.add_parser("env", help="versions, optional kernels and op paths on this machine, for bug reports")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_cmd_env)
 
     p = subparsers.add_parser("convert", help="convert a native transformers checkpoint to hf_llmarch")
     p.add_argument("--from-hf", required=True, metavar="SRC", help="native checkpoint directory or hub id")

@@ -1,17 +1,23 @@
 import json
+import logging
 import sys
 from types import ModuleType
 
 import pytest
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_llmarch
 import hf_llmarch.convert
+import hf_llmarch.ops.moe as moe_ops
+import hf_llmarch.ops.retention as retention_ops
+from hf_llmarch import environment
 from hf_llmarch.accounting import count_parameters
 from hf_llmarch.cli import _parse_overrides, main
+from hf_llmarch.compat import TESTED_TRANSFORMERS
 
-SUBCOMMANDS = ["list", "init", "info", "card", "convert", "export", "demo", "bench"]
+SUBCOMMANDS = ["list", "init", "info", "card", "env", "convert", "export", "demo", "bench"]
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +129,8 @@ def test_help_exits_zero(argv, capsys):
         (["init", "no-such-preset", "--out", "unused"], "no-such-preset"),
         (["init", "llama-tiny", "--out", "unused", "--set", "bogus_field=1"], "bogus_field"),
         (["init", "llama-tiny", "--out", "unused", "--set", "novalue"], "novalue"),
+        (["init", "llama-tiny", "--out", "unused", "--set", "hidden_size=abc"], 'hidden_size="abc": hidden_size takes'),
+        (["init", "llama-tiny", "--out", "unused", "--set", "tie_word_embeddings=maybe"], "takes bool"),
         (["init", "llama-tiny", "--out", "unused", "--set", "num_hidden_layers=3"], "num_hidden_layers"),
     ],
 )
@@ -131,6 +139,71 @@ def test_user_errors_are_one_line_exit_2(argv, needle, capsys):
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_set_typo_gets_a_did_you_mean(tmp_path, capsys):
+    assert main(["init", "llama-tiny", "--out", str(tmp_path / "m"), "--set", "hiden_size=64"]) == 2
+    assert "'hiden_size'; did you mean 'hidden_size'?" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_env_report_names_versions_and_op_paths(monkeypatch, capsys):
+    monkeypatch.delenv("LLMARCH_RETENTION_MODE", raising=False)
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    paths = environment.collect()["paths"]
+    for needle in (torch.__version__, transformers.__version__, hf_llmarch.__version__, "flash_attn", "fla"):
+        assert needle in out
+    assert f"attention {paths['attention']['default']} (flash_attention_2 " in " ".join(out.split())
+    assert "T=1: recurrent" in out and paths["moe"]["auto"] in out
+
+
+def test_env_json_has_every_section(capsys):
+    assert main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["torch"], info["transformers"]) == (torch.__version__, transformers.__version__)
+    assert set(info["packages"]) == {"peft", "accelerate", "trl", "triton", "safetensors"}
+    assert set(info["kernels"]) == {"flash_attn", "mamba_ssm", "causal_conv1d", "fla"}
+    assert set(info["paths"]) == {"attention", "retention", "moe"}
+    assert info["paths"]["attention"]["default"] in ("sdpa", "eager")
+    assert info["transformers_tested"] == list(TESTED_TRANSFORMERS)
+
+
+def test_env_warns_outside_the_tested_transformers_range(monkeypatch, capsys):
+    monkeypatch.setattr(environment, "TESTED_TRANSFORMERS", ("4.40", "4.57"))
+    assert main(["env"]) == 0
+    assert f"warning: transformers {transformers.__version__} is outside the range" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env_mode", [None, "chunk", "naive"])
+def test_env_retention_path_is_what_retention_runs(env_mode, monkeypatch):
+    if env_mode:
+        monkeypatch.setenv("LLMARCH_RETENTION_MODE", env_mode)
+    reported = environment.collect()["paths"]["retention"]["auto"]
+    ran = []
+    for form in ("parallel", "chunk", "recurrent", "naive"):
+        monkeypatch.setattr(retention_ops, f"retention_{form}", lambda *a, form=form, **k: ran.append(form))
+    for label in reported:
+        q = torch.zeros(1, int(label.removeprefix("T=")), 1, 4)
+        retention_ops.retention(q, q, q, torch.zeros(q.shape[:3]))
+    assert ran == list(reported.values())
+
+
+@pytest.mark.parametrize("env_impl", [None, "naive", "grouped"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_env_moe_path_is_what_moe_experts_runs(env_impl, dtype, monkeypatch, caplog):
+    if env_impl:
+        monkeypatch.setenv("LLMARCH_MOE_IMPL", env_impl)
+    moe = environment.collect()["paths"]["moe"]
+    device, torch_dtype = moe.get("device", "cpu"), environment.MOE_DTYPES[dtype]
+    expected = f"grouped ({moe['gemm'][dtype]}, {device}, {torch_dtype})" if moe["auto"] == "grouped" else moe["auto"]
+    monkeypatch.setattr(moe_ops, "_logged", set())  # the op logs its path once per (impl, device, dtype)
+    caplog.set_level(logging.INFO, logger="hf_llmarch")
+    x, weight = (torch.rand(32, n, device=device, dtype=torch_dtype) for n in (16, 2))
+    gate_up, down = (torch.randn(shape, device=device, dtype=torch_dtype) for shape in ((4, 64, 16), (4, 16, 32)))
+    idx = torch.randint(0, 4, (32, 2), device=device)
+    moe_ops.moe_experts(x, idx, weight, gate_up, down, torch.nn.functional.silu)
+    assert f"hf_llmarch MoE experts path: {expected}" in caplog.messages
 
 
 def test_card_for_a_checkpoint_goes_into_its_readme(tiny_checkpoint, tmp_path):

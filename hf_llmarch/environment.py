@@ -1,0 +1,155 @@
+"""What `llmarch env` reports: versions, optional kernels, and the path each op takes on this machine.
+
+Op paths come from the functions the ops themselves call to choose (and, for attention, from
+transformers' own checks), so this report cannot disagree with what runs.
+"""
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import platform
+
+import torch
+import transformers
+from packaging.version import Version
+
+from . import __version__
+from .compat import TESTED_TRANSFORMERS
+from .configuration import LlmArchConfig
+from .ops.moe import grouped_mm_usable, resolve_moe_impl
+from .ops.retention import resolve_retention_mode
+
+PACKAGES = ("peft", "accelerate", "trl", "triton", "safetensors")
+KERNELS = ("flash_attn", "mamba_ssm", "causal_conv1d", "fla")
+MOE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def collect() -> dict:
+    """Everything `llmarch env` prints, as plain JSON-able values."""
+    cuda = torch.cuda.is_available()
+    return {
+        "hf_llmarch": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": cuda,
+        "device": torch.cuda.get_device_name(0) if cuda else None,
+        "transformers": transformers.__version__,
+        "transformers_tested": list(TESTED_TRANSFORMERS),
+        "transformers_warning": _transformers_warning(),
+        "packages": {name: _package_version(name) for name in PACKAGES},
+        "kernels": {name: _kernel_version(name) for name in KERNELS},
+        "paths": {"attention": _attention_paths(), "retention": _retention_paths(), "moe": _moe_paths()},
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("LLMARCH_")},
+    }
+
+
+def _transformers_warning() -> str | None:
+    lo, hi = (Version(v) for v in TESTED_TRANSFORMERS)
+    installed = Version(transformers.__version__)
+    if lo <= Version(f"{installed.major}.{installed.minor}") <= hi:
+        return None
+    return f"transformers {installed} is outside the range hf_llmarch is tested on ({lo} to {hi})"
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _kernel_version(module: str) -> str:
+    if importlib.util.find_spec(module) is None:
+        return "not installed"
+    try:
+        return getattr(importlib.import_module(module), "__version__", "installed (no __version__)")
+    except Exception as err:  # a kernel built against another torch/CUDA fails in many ways; report, don't crash
+        return f"import failed: {type(err).__name__}: {err}"
+
+
+def _attention_paths() -> dict:
+    """Ask transformers, on a tiny hf_llmarch model built on the meta device (no memory used)."""
+    from transformers import AutoModelForCausalLM
+
+    from .models.dense import LlmArchDenseConfig
+
+    config = LlmArchDenseConfig(
+        vocab_size=8, hidden_size=8, intermediate_size=8, num_attention_heads=1, num_hidden_layers=1
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    try:
+        # The check from_pretrained(attn_implementation="flash_attention_2") runs before loading weights.
+        model.get_correct_attn_implementation("flash_attention_2", is_init_check=True)
+        flash = "usable"
+    except (ValueError, ImportError) as err:
+        flash = "not usable: " + (str(err).partition("following error: ")[2] or str(err))
+    return {"default": model.config._attn_implementation, "flash_attention_2": flash}
+
+
+def _retention_paths() -> dict:
+    """The form `retention_mode="auto"` picks at a decode step, a chunk-sized and a longer prefill."""
+    chunk = LlmArchConfig.retention_chunk_size
+    try:
+        picks = {f"T={t}": resolve_retention_mode("auto", t, chunk) for t in (1, chunk, chunk + 1)}
+    except ValueError as err:  # a bad LLMARCH_RETENTION_MODE: the report is where the user should see it
+        return {"auto": f"error: {err}"}
+    return {"auto": picks, "retention_chunk_size": chunk}
+
+
+def _moe_paths() -> dict:
+    """The experts impl `moe_impl="auto"` picks; for grouped, whether its GEMMs use grouped_mm per dtype."""
+    try:
+        impl = resolve_moe_impl("auto")
+    except ValueError as err:  # a bad LLMARCH_MOE_IMPL
+        return {"auto": f"error: {err}"}
+    if impl != "grouped":
+        return {"auto": impl}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Shapes aligned as grouped_mm needs (16-byte rows); misaligned model shapes fall back to slices.
+    gemm = {}
+    for name, dtype in MOE_DTYPES.items():
+        x, gate_up, down = (torch.zeros(s, device=device, dtype=dtype) for s in ((1, 16), (2, 32, 16), (2, 16, 16)))
+        gemm[name] = "grouped_mm" if grouped_mm_usable(x, gate_up, down) else "per-expert slices"
+    return {"auto": impl, "device": device, "gemm": gemm}
+
+
+def format_report(info: dict) -> str:
+    """The aligned text block `llmarch env` prints."""
+    paths = info["paths"]
+    rows = [
+        ("hf_llmarch", info["hf_llmarch"]),
+        ("python", info["python"]),
+        ("platform", info["platform"]),
+        ("torch", f"{info['torch']} (CUDA build {info['torch_cuda'] or 'none'}, available: {info['cuda_available']})"),
+        ("device", info["device"] or "cpu"),
+        ("transformers", f"{info['transformers']} (tested: {' to '.join(info['transformers_tested'])})"),
+        *info["packages"].items(),
+        *((f"kernel {k}", v) for k, v in info["kernels"].items()),
+        ("attention", f"{paths['attention']['default']} (flash_attention_2 {paths['attention']['flash_attention_2']})"),
+        ("retention auto", _format_retention(paths["retention"])),
+        ("moe auto", _format_moe(paths["moe"])),
+        ("env", " ".join(f"{k}={v}" for k, v in info["env"].items()) or "no LLMARCH_* variables set"),
+    ]
+    width = max(len(key) for key, _ in rows)
+    lines = [f"{key:<{width}}  {value}" for key, value in rows]
+    if info["transformers_warning"]:
+        lines.append(f"warning: {info['transformers_warning']}")
+    return "\n".join(lines)
+
+
+def _format_retention(retention: dict) -> str:
+    if isinstance(retention["auto"], str):
+        return retention["auto"]
+    picks = ", ".join(f"{t}: {mode}" for t, mode in retention["auto"].items())
+    return f"{picks} (retention_chunk_size={retention['retention_chunk_size']})"
+
+
+def _format_moe(moe: dict) -> str:
+    if "gemm" not in moe:
+        return moe["auto"]
+    gemm = ", ".join(f"{dtype}: {path}" for dtype, path in moe["gemm"].items())
+    return f"{moe['auto']} on {moe['device']} ({gemm})"
