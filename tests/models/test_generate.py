@@ -73,6 +73,30 @@ def test_prefill_then_cached_decode_equals_full_forward(family, left_pad):
     torch.testing.assert_close(incremental[real], full[real], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("with_position_ids", [True, False])
+def test_left_padded_prompt_in_two_chunks_equals_full_forward(family, with_position_ids):
+    """A padded prompt fed in two multi-token calls with a growing mask (chunked prefill): each
+    call must read the last columns of the mask, and count positions from what the cache holds."""
+    model = tiny_model(family)
+    ids = prompts(2, 13, seed=8)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0) if with_position_ids else None
+    chunks = [slice(0, 6), slice(6, 13)]
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, position_ids=position_ids).logits
+        cache = DynamicCache(config=model.config)
+        parts = [
+            model(
+                ids[:, c], attention_mask=mask[:, : c.stop], cache=cache, use_cache=True,
+                position_ids=None if position_ids is None else position_ids[:, c],
+            ).logits
+            for c in chunks
+        ]
+    real = mask.bool()
+    torch.testing.assert_close(torch.cat(parts, 1)[real], full[real], atol=2e-5, rtol=1e-4)
+
+
 def test_multi_token_continuation_from_cache(family):
     model = tiny_model(family)
     ids = prompts(2, 12, seed=5)
