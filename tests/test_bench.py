@@ -3,11 +3,16 @@
 No timing assertions: speed is measured by benchmarks/, never by unit tests."""
 
 import json
+import statistics
 
 import pytest
 import torch
 
 from hf_llmarch import bench
+from hf_llmarch.bench import harness, overhead, report
+from hf_llmarch.bench.settings import QUICK
+from hf_llmarch.models.modeling import LlmArchForCausalLM
+from hf_llmarch.modules.moe import MoEFeedForward
 
 
 def _run(tmp_path, suite: str, *extra: str) -> dict:
@@ -29,12 +34,14 @@ def _check_metrics(res: dict, columns: list[str]):
             assert metric["pass"] in (True, False, None), name
 
 
-def test_dense_suite(tmp_path):
+def test_dense_suite(tmp_path, capsys):
     res = _run(tmp_path, "dense", "--markdown")
     assert res["status"] == "ok"
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[dense]")]
+    assert progress[0].startswith("[dense] parity passed: ") and "ms" in progress[1]  # parity first, then timing
     parity = res["parity"]
     assert parity["passed"] is True and parity["max_abs_logit_diff"] <= parity["tolerance"]
-    assert parity["greedy_tokens_equal"] is True
+    assert parity["greedy_tokens_equal"] is True and parity["greedy_tokens_differing"] == 0
     assert set(res["metrics"]) == {"train tokens/s", "decode tokens/s", "train peak memory", "decode peak memory"}
     _check_metrics(res, ["ours", "transformers"])
     for what in ("train tokens/s", "decode tokens/s"):
@@ -51,6 +58,7 @@ def test_moe_suite(tmp_path):
     assert res["status"] == "ok"
     assert res["parity"]["passed"] is True
     assert res["parity"]["max_rel_output_diff"] <= res["parity"]["tolerance"]
+    assert res["parity"]["max_rel_input_grad_diff"] <= res["parity"]["tolerance"]
     _check_metrics(res, ["ours", "mixtral-eager", "mixtral-grouped_mm"])
     assert len(res["metrics"]) == 2
 
@@ -60,13 +68,29 @@ def test_hybrid_suite(tmp_path):
     if res["status"] == "skipped":
         pytest.skip(res["reason"])
     assert res["status"] == "ok"
-    _check_metrics(res, ["hybrid", "dense", "retention"])
-    contexts = res["setup"]["contexts"]
-    for context in contexts:
-        assert set(res["metrics"][f"decode ms/token @{context}"]["values"]) == {"hybrid", "dense", "retention"}
-        assert res["metrics"][f"train tokens/s @{context}"]["ratio"] > 0
-    flat = res["metrics"][f"retention decode @{max(contexts)} / @{min(contexts)}"]
-    assert flat["ratio"] > 0 and flat["goal"] == "< 1.1"
+    columns = ["hybrid", "dense", "retention"]
+    _check_metrics(res, columns)
+    contexts, metrics = res["setup"]["contexts"], res["metrics"]
+    lo, hi = min(contexts), max(contexts)
+    # JSON turns the int context keys of raw into strings.
+    train_s, decode_s = ({int(c): v for c, v in res["raw"][k].items()} for k in ("train_s", "decode_s_per_token"))
+    rows = [f"{what} @{c}" for c in contexts for what in ("train tokens/s", "decode ms/token")]
+    assert list(metrics) == [*rows, f"retention decode @{hi} / @{lo}"]  # per context, in the order asked
+    for c in contexts:
+        train, decode = metrics[f"train tokens/s @{c}"], metrics[f"decode ms/token @{c}"]
+        for name in columns:
+            assert len(train_s[c][name]) == QUICK["repeats"]
+            assert train["values"][name] == pytest.approx(c / statistics.median(train_s[c][name]))
+            assert decode["values"][name] == pytest.approx(decode_s[c][name] * 1e3)
+        for row in (train, decode):
+            assert row["ratio_of"] == "hybrid/dense"
+            assert row["ratio"] == pytest.approx(row["values"]["hybrid"] / row["values"]["dense"])
+        assert ("goal" in decode) == (c == hi) and "goal" not in train  # the decode goal is at the longest only
+    longest = metrics[f"decode ms/token @{hi}"]
+    assert longest["goal"] == "<= 1.0" and longest["pass"] == (longest["ratio"] <= 1.0)
+    flat = metrics[f"retention decode @{hi} / @{lo}"]
+    assert flat["ratio"] == pytest.approx(decode_s[hi]["retention"] / decode_s[lo]["retention"])
+    assert flat["goal"] == "< 1.1" and flat["pass"] == (flat["ratio"] < 1.1)
 
 
 def test_format_table_marks_goals():
@@ -75,8 +99,8 @@ def test_format_table_marks_goals():
         "status": "ok",
         "columns": ["a", "b"],
         "metrics": {
-            "speed": bench._metric("tok/s", {"a": 2.0, "b": 1.0}, ("a", "b"), (">=", 1.0)),
-            "memory": bench._metric("MiB", {"a": None, "b": 1.0}, ("a", "b"), ("<=", 1.05)),
+            "speed": report.metric("tok/s", {"a": 2.0, "b": 1.0}, ("a", "b"), (">=", 1.0)),
+            "memory": report.metric("MiB", {"a": None, "b": 1.0}, ("a", "b"), ("<=", 1.05)),
         },
     }
     text = bench.format_table("x", res)
@@ -84,24 +108,87 @@ def test_format_table_marks_goals():
     assert "| speed (tok/s) | 2.000 | 1.000 | 2.000 | a/b | >= 1.0 | PASS |" in bench.format_markdown("x", res)
 
 
-def test_parity_failure_skips_timing(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "PARITY_TOL", -1.0)  # no difference can pass
-    out = tmp_path / "dense.json"
-    assert bench.main(["--suite", "dense", "--quick", "--device", "cpu", "--json", str(out)]) == 1
-    res = json.loads(out.read_text())["suites"]["dense"]
-    assert res["status"] == "failed" and res["parity"]["passed"] is False and "metrics" not in res
+def _bump_our_logits(monkeypatch):
+    """Ours adds 0.01 to one vocabulary entry's logit: out of tolerance."""
+    forward = LlmArchForCausalLM.forward
+
+    def bumped(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        out.logits[..., 3] += 0.01
+        return out
+
+    monkeypatch.setattr(LlmArchForCausalLM, "forward", bumped)
+
+
+def _flip_our_last_greedy_token(monkeypatch):
+    """Ours generates one other token at the end while its logits stay exact: the reported bug."""
+    generate = LlmArchForCausalLM.generate
+
+    def flipped(self, *args, **kwargs):
+        seq = generate(self, *args, **kwargs).clone()
+        seq[:, -1] = (seq[:, -1] + 1) % self.config.vocab_size
+        return seq
+
+    monkeypatch.setattr(LlmArchForCausalLM, "generate", flipped)
+
+
+def _scale_our_moe_output(monkeypatch):
+    """Our MoE block's output is 1% larger: a relative difference of 0.01 / 1.01."""
+    forward = MoEFeedForward.forward
+
+    def scaled(self, *args, **kwargs):
+        out, aux = forward(self, *args, **kwargs)
+        return out * 1.01, aux
+
+    monkeypatch.setattr(MoEFeedForward, "forward", scaled)
+
+
+@pytest.mark.parametrize(
+    "suite, plant, check, amount",
+    [
+        pytest.param(
+            "dense", _bump_our_logits, "logits: max_abs_logit_diff 0.01 > tolerance 0.0001",
+            {"max_abs_logit_diff": 0.01}, id="dense-logits",
+        ),
+        pytest.param(
+            "dense", _flip_our_last_greedy_token, "greedy tokens: 1 of 4 new tokens differ, first at new token 3",
+            {"greedy_tokens_differing": 1, "max_abs_logit_diff": 0.0}, id="dense-greedy",
+        ),
+        pytest.param(
+            "overhead", _flip_our_last_greedy_token, "greedy tokens: 1 of 4", {"greedy_tokens_differing": 1},
+            id="overhead-greedy",
+        ),
+        pytest.param(
+            "moe", _scale_our_moe_output, "output: max_rel_output_diff vs mixtral-",
+            {"max_rel_output_diff": 0.01 / 1.01}, id="moe-output",
+        ),
+    ],
+)
+def test_parity_break_fails_the_suite_and_reports_no_speed(tmp_path, monkeypatch, capsys, suite, plant, check, amount):
+    plant(monkeypatch)
+    out = tmp_path / "r.json"
+    assert bench.main(["--suite", suite, "--quick", "--device", "cpu", "--no-memory", "--json", str(out)]) == 1
+    res = json.loads(out.read_text())["suites"][suite]
+    assert res["status"] == "failed" and res["parity"]["passed"] is False
+    for field, value in amount.items():
+        assert res["parity"][field] == pytest.approx(value, rel=1e-3, abs=1e-6), field
+    assert "metrics" not in res and "raw" not in res
+    stdout, stderr = capsys.readouterr()
+    progress = [line for line in stdout.splitlines() if line.startswith(f"[{suite}]")]
+    assert len(progress) == 1 and progress[0].startswith(f"[{suite}] parity FAILED: ")  # nothing was timed
+    assert f"llmarch bench: {suite} failed: parity failed: {check}" in stderr
 
 
 def test_op_counter_counts_dispatched_ops():
     x = torch.ones(3)
-    assert bench._count_ops(lambda: (x + 1).mul(2).sum()) == 3
+    assert harness.count_ops(lambda: (x + 1).mul(2).sum()) == 3
 
 
 def test_overhead_suite(tmp_path):
     res = _run(tmp_path, "overhead")
-    assert res["status"] == "ok"
+    assert res["status"] == "ok" and res["parity"]["passed"] is True and res["parity"]["greedy_tokens_equal"] is True
     _check_metrics(res, ["ours", "transformers"])
-    assert res["setup"]["hidden"] == bench.OVERHEAD_SHAPE["hidden"]  # --quick cannot widen it
+    assert res["setup"]["hidden"] == overhead.OVERHEAD_SHAPE["hidden"]  # --quick cannot widen it
     # Op counts are deterministic: ours must not launch more than Llama per decode or train step.
     for what in ("aten ops per decode step", "aten ops per train step"):
         counts = res["metrics"][what]["values"]

@@ -4,8 +4,11 @@ cache with constant size, padding is honoured, and LoRA reaches its projections.
 import pytest
 import torch
 from conftest import tiny_model
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from transformers import DynamicCache
 
+from hf_llmarch import compat
 from hf_llmarch.mixers import LlmArchRetention
 
 
@@ -79,17 +82,60 @@ def test_mixer_is_registered_with_its_layer_type():
     assert model.config.layer_types == ["linear_attention", "linear_attention"]
 
 
+class _OpTrace(TorchDispatchMode):
+    """Every aten op dispatched inside it, with the elements of all tensors it reads and writes."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []  # [(op name, elements)]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        self.ops.append((str(func), sum(t.numel() for t in tensors)))
+        return out
+
+
+def _cache_tensor_shapes(obj, path="cache", shapes=None) -> dict[str, tuple]:
+    """{where: shape} of every tensor held by a transformers cache, its layers and their containers."""
+    shapes = {} if shapes is None else shapes
+    if isinstance(obj, torch.Tensor):
+        shapes[path] = tuple(obj.shape)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _cache_tensor_shapes(value, f"{path}[{key}]", shapes)
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            _cache_tensor_shapes(value, f"{path}[{i}]", shapes)
+    elif type(obj).__module__ == "transformers.cache_utils":  # the cache and its layer objects
+        for name, value in vars(obj).items():
+            _cache_tensor_shapes(value, f"{path}.{name}", shapes)
+    return shapes
+
+
+def _decode_step_after(model, context: int):
+    """(ops of one cached 1-token step after a `context`-token prefill, the cache's tensor shapes)."""
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(torch.randint(0, 250, (1, context)), use_cache=True, **compat.cache_kwargs(cache))
+        with _OpTrace() as trace:
+            model(torch.randint(0, 250, (1, 1)), use_cache=True, **compat.cache_kwargs(cache))
+    return trace.ops, _cache_tensor_shapes(cache)
+
+
 def test_decode_cost_does_not_depend_on_context():
-    """Structural check (timing lives in `llmarch bench`): a decode step touches only the fixed
-    state, so the cache after 1 or 200 tokens holds the same number of bytes."""
+    """Structural check (timing lives in `llmarch bench`): after 4 or 100 tokens of prefill, a
+    decode step dispatches the same aten ops on tensors of the same sizes, and the cache holds no
+    tensor that grows with context. The same probes see attention's cost grow."""
     model = retention_only()
-    sizes = []
-    for context in (1, 200):
-        cache = DynamicCache(config=model.config)
-        with torch.no_grad():
-            model(torch.randint(0, 250, (1, context)), past_key_values=cache, use_cache=True)
-        sizes.append(sum(layer.recurrent_states[0].numel() for layer in cache.layers))
-    assert sizes[0] == sizes[1] > 0
+    (ops_short, cache_short), (ops_long, cache_long) = (_decode_step_after(model, c) for c in (4, 100))
+    assert ops_short == ops_long and len(ops_short) > 0
+    assert cache_short == cache_long
+    assert {p for p in cache_long if ".recurrent_states" in p} == {f"cache.layers[{i}].recurrent_states[0]" for i in (0, 1)}
+
+    attention = tiny_model("hybrid", layer_pattern="(attn/mlp)x2")
+    (ops_short, cache_short), (ops_long, cache_long) = (_decode_step_after(attention, c) for c in (4, 100))
+    assert sum(n for _, n in ops_long) > sum(n for _, n in ops_short) and cache_long != cache_short
 
 
 def test_prebuilt_4d_mask_is_refused_not_ignored():

@@ -11,6 +11,24 @@ def moe_layers(model):
     return [m for m in model.modules() if isinstance(m, MoEFeedForward)]
 
 
+def record_moe_inputs(model) -> list:
+    """[(MoE layer, hidden states [B, T, H] it received, its gate weight [E, H] then)], appended by
+    every forward from now on (the weight is copied: an optimizer step changes it after)."""
+    seen = []
+    for layer in moe_layers(model):
+        layer.register_forward_pre_hook(lambda m, args: seen.append((m, args[0].detach(), m.gate.weight.detach().clone())))
+    return seen
+
+
+def routed_counts(layer, hidden, gate, real=None) -> torch.Tensor:
+    """int64 [E]: the top-k experts of each real token, recomputed from the gate weight by hand."""
+    logits = hidden.reshape(-1, hidden.shape[-1]).float() @ gate.float().T  # [N, E]
+    idx = logits.topk(layer.top_k, dim=-1).indices  # [N, k]; softmax keeps the order
+    if real is not None:
+        idx = idx[real.reshape(-1).bool()]
+    return torch.bincount(idx.reshape(-1), minlength=layer.num_experts)
+
+
 def test_aux_loss_is_in_the_output_and_added_to_the_loss():
     model = tiny_model("hybrid")
     ids = torch.randint(0, 250, (2, 12))
@@ -28,29 +46,40 @@ def test_aux_loss_and_counts_ignore_padding():
     ids = torch.randint(0, 250, (1, 9))
     padded = torch.cat([torch.full((1, 5), model.config.pad_token_id), ids], 1)
     mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], 1)
+    seen = record_moe_inputs(model)
     with torch.no_grad():
         alone = model(ids)
         counts_alone = [m.last_tokens_per_expert.clone() for m in moe_layers(model)]
         with_pad = model(padded, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
         counts_pad = [m.last_tokens_per_expert.clone() for m in moe_layers(model)]
     torch.testing.assert_close(with_pad.aux_loss, alone.aux_loss, atol=1e-6, rtol=1e-5)
+    n = len(counts_alone)
+    expected = [routed_counts(*rec) for rec in seen[:n]] + [routed_counts(*rec, mask) for rec in seen[n:]]
+    assert len(expected) == 2 * n
+    for got, want in zip(counts_alone + counts_pad, expected):
+        assert torch.equal(got, want)
     for a, b in zip(counts_alone, counts_pad):
         assert torch.equal(a, b) and int(a.sum()) == 9 * model.config.num_experts_per_tok
 
 
 def test_trainer_with_aux_loss_lowers_loss(tmp_path):
     model = tiny_model("hybrid", router_aux_loss_coef=0.05).train()
+    seen = record_moe_inputs(model)
     losses = train(model, tmp_path, steps=40)
     assert losses[-1] < 0.75 * losses[0], losses
-    assert all(m.last_tokens_per_expert.sum() > 0 for m in moe_layers(model))
+    layers = moe_layers(model)
+    for layer, hidden, gate in seen[-len(layers) :]:  # the last step's inputs (RepeatTask has no padding)
+        assert torch.equal(layer.last_tokens_per_expert, routed_counts(layer, hidden, gate))
 
 
 def test_inference_skips_aux_but_counts_tokens():
     model = tiny_model("hybrid")
+    seen = record_moe_inputs(model)
     with torch.no_grad():
         out = model(torch.randint(0, 250, (2, 7)))
-    assert out.aux_loss is None
-    assert all(int(m.last_tokens_per_expert.sum()) == 14 * model.config.num_experts_per_tok for m in moe_layers(model))
+    assert out.aux_loss is None and len(seen) == len(moe_layers(model))
+    for layer, hidden, gate in seen:
+        assert torch.equal(layer.last_tokens_per_expert, routed_counts(layer, hidden, gate))
 
 
 def test_no_aux_loss_without_moe():

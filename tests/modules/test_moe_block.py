@@ -32,6 +32,15 @@ def make_block(seed=0, **overrides):
     return block
 
 
+def routed_counts(block, x, real=None) -> torch.Tensor:
+    """int64 [E]: the top-k experts of each real token, recomputed from the gate weight by hand."""
+    logits = x.reshape(-1, x.shape[-1]).float() @ block.gate.weight.float().T  # [N, E]
+    idx = logits.topk(block.top_k, dim=-1).indices  # [N, k]; softmax keeps the order
+    if real is not None:
+        idx = idx[real.reshape(-1).bool()]
+    return torch.bincount(idx.reshape(-1), minlength=block.num_experts)
+
+
 def test_router_losses_hand_computed():
     # Rows chosen so softmax and logsumexp are exact: sums of exp are 3, 4, 5 and 7.
     logits = torch.log(torch.tensor([[1.0, 1, 1], [2, 1, 1], [1, 3, 1], [1, 1, 5]]))
@@ -63,7 +72,8 @@ def test_load_balancing_matches_transformers(masked):
     expected = load_balancing_loss_func((logits,), e, k, attention_mask if masked else None)
     lb, _, tpe = router_losses(logits, topk_idx, e, attention_mask.reshape(-1).bool() if masked else None)
     torch.testing.assert_close(lb, expected.float(), rtol=1e-6, atol=1e-7)
-    assert tpe.sum().item() == attention_mask.sum().item() * k
+    real_idx = topk_idx[attention_mask.reshape(-1).bool()] if masked else topk_idx  # [N_real, k]
+    assert torch.equal(tpe, torch.bincount(real_idx.reshape(-1), minlength=e))
 
 
 def test_router_losses_ignore_garbage_at_padding():
@@ -109,11 +119,11 @@ def test_padding_excluded_from_stats_and_losses():
     torch.testing.assert_close(z, block.last_z_loss)
     torch.testing.assert_close(aux, real_aux)
     torch.testing.assert_close(out[token_mask.bool()], real_out[0])
-    assert tpe.dtype == torch.int64 and tpe.sum().item() == 9 * 2
+    assert tpe.dtype == torch.int64 and torch.equal(tpe, routed_counts(block, x, token_mask))
     torch.testing.assert_close(aux, 0.01 * lb + 0.001 * z)
 
     block(x)  # without the mask, the padded tokens count
-    assert block.last_tokens_per_expert.sum().item() == 12 * 2
+    assert torch.equal(block.last_tokens_per_expert, routed_counts(block, x))
     assert not block.last_load_balancing_loss.requires_grad
 
 
@@ -157,6 +167,7 @@ def test_torch_compile_matches_eager():
     x, token_mask = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     ref_out, ref_aux = block(x, token_mask)
     ref_tpe = block.last_tokens_per_expert
+    assert torch.equal(ref_tpe, routed_counts(block, x, token_mask))
     out, aux = torch.compile(block, backend="aot_eager")(x, token_mask)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(aux, ref_aux, rtol=1e-5, atol=1e-6)

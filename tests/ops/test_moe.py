@@ -29,6 +29,15 @@ def fwd_bwd(fn, case, seed=1):
     return [y.detach()] + [t.grad.clone() for t in (x, gate_up, down, topk_weight)]
 
 
+def spy_group_counts(monkeypatch) -> list:
+    """Records the per-expert row counts [E] that experts_grouped hands each of its GEMMs."""
+    counts = []
+    for name in ("_gemm_grouped_mm", "_gemm_slices"):
+        gemm = getattr(grouped_mod, name)
+        monkeypatch.setattr(grouped_mod, name, lambda a, w, c, gemm=gemm: counts.append(c.clone()) or gemm(a, w, c))
+    return counts
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("k", [1, 2, 3])
 @pytest.mark.parametrize("use_grouped_mm", [False, True])
@@ -37,11 +46,15 @@ def test_grouped_matches_naive(monkeypatch, dtype, tol, k, use_grouped_mm):
     case = make_case(n=37, h=16, i=8, e=5, k=k, dtype=dtype)
     # grouped_mm has no float64 kernel, so float64 always takes the slice loop.
     assert grouped_mm_usable(case[0], case[3], case[4]) == (use_grouped_mm and dtype == torch.float32)
+    counts = spy_group_counts(monkeypatch)
     ref, got = fwd_bwd(experts_naive, case), fwd_bwd(experts_grouped, case)
     for name, r, g in zip(["y", "dx", "dgate_up", "ddown", "dweight"], ref, got):
         torch.testing.assert_close(g, r, rtol=tol, atol=tol, msg=name)
-    assert ref[2][-1].abs().sum() == 0 and got[2][-1].abs().sum() == 0  # the empty expert gets no grad
-    assert got[2][0].abs().sum() > 0
+    routed = torch.bincount(case[1].reshape(-1), minlength=5)  # [E] (token, slot) pairs per expert
+    assert routed[-1] == 0 and len(counts) == 2  # one group split for gate_up, one for down
+    assert all(torch.equal(c, routed) for c in counts)
+    for dgate_up in (ref[2], got[2]):  # exactly the experts that got tokens get a gradient
+        assert torch.equal(dgate_up.flatten(1).abs().sum(1) > 0, routed > 0)
 
 
 @pytest.mark.parametrize("n,k", [(1, 1), (1, 2), (3, 2), (5, 3)])

@@ -1,0 +1,92 @@
+"""`llmarch bench`: speed and memory of our models against transformers' own implementations.
+
+Suites (each compares models built in the same process, timed interleaved A B A B ... so that
+machine noise hits every model alike; every reported number is the median over repeats):
+
+* dense:    `llmarch_dense` vs `LlamaForCausalLM` with identical weights: forward+backward
+            tokens/s, greedy `generate` tokens/s, peak memory of each.
+* overhead: the same pair at a tiny width: aten ops and host time per step.
+* hybrid:   a retention/attention hybrid vs a dense model vs a retention-only model of the same
+            width and depth: forward+backward tokens/s and per-token decode time at several contexts.
+* moe:      our `MoEFeedForward` vs transformers' `MixtralSparseMoeBlock` (same weights):
+            forward+backward tokens/s.
+
+A suite that compares ours with a transformers model reports a speed only once parity holds (fp32
+logits within tolerance and equal greedy tokens; for moe, outputs and input gradients): otherwise
+it fails, says which check failed by how much, and `run` returns 1. Peak memory: see `harness`.
+Speed is measured here, never in unit tests. One module per suite; `harness` times and measures,
+`report` formats, `settings` holds the flags.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+
+import torch
+import transformers
+
+from ..console import show_on_console
+from .dense import bench_dense
+from .harness import log
+from .hybrid import bench_hybrid
+from .moe import bench_moe
+from .overhead import bench_overhead
+from .report import format_markdown, format_table
+from .settings import SUITES, add_arguments, resolve_settings
+
+SUITE_FNS = {"dense": bench_dense, "overhead": bench_overhead, "hybrid": bench_hybrid, "moe": bench_moe}
+
+__all__ = ["SUITES", "SUITE_FNS", "add_arguments", "format_markdown", "format_table", "main", "run"]
+
+
+def _meta(s) -> dict:
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": s.device,
+        "device_name": torch.cuda.get_device_name() if s.device == "cuda" else cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "dtype": s.dtype,
+        "quick": s.quick,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen suites; 0 unless a suite failed its parity check (goals MISSed are reported,
+    not fatal). Each failure also goes to stderr as one line naming the suite and the check."""
+    show_on_console(log)
+    s = resolve_settings(args)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    settings = {k: v for k, v in vars(s).items() if k not in ("json", "markdown")}
+    results = {"meta": _meta(s), "settings": settings, "suites": {}}
+    log.info(f"llmarch bench on {results['meta']['device_name']} ({s.device}, {s.dtype}, {torch.get_num_threads()} threads)")
+    for suite in SUITES if s.suite == "all" else (s.suite,):
+        res = SUITE_FNS[suite](s)
+        results["suites"][suite] = res
+        log.info("\n" + format_table(suite, res) + "\n")
+    if s.markdown:
+        log.info("\n".join(format_markdown(name, res) for name, res in results["suites"].items()))
+    if s.json:
+        with open(s.json, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        log.info(f"results written to {s.json}")
+    failed = {name: res for name, res in results["suites"].items() if res["status"] == "failed"}
+    for name, res in failed.items():
+        log.error(f"llmarch bench: {name} failed: {res['reason']}")
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="llmarch bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
