@@ -80,9 +80,26 @@ def _logits(model, ids=None) -> torch.Tensor:
     return model(_ids() if ids is None else ids).logits
 
 
-def _greedy(model) -> torch.Tensor:
-    ids = _ids(1)
-    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, do_sample=False)
+def _greedy(model, **kwargs) -> torch.Tensor:
+    """Greedy continuations of a left-padded batch (rows of 12 and 7 real tokens)."""
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    return model.generate(
+        ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0, **kwargs
+    )[:, SEQ:]
+
+
+def _assert_generations_match_native(native, ours):
+    """The same tokens as the native model, with and without the cache, with beams, and each
+    padded row as its prompt alone (the 5.24 cache rename once broke exactly this, silently)."""
+    tokens = _greedy(native)
+    assert torch.equal(_greedy(ours), tokens)
+    assert torch.equal(_greedy(ours, use_cache=False), tokens)
+    assert torch.equal(_greedy(ours, num_beams=2), _greedy(native, num_beams=2))
+    short = _ids()[1:, 5:]
+    alone = ours.generate(short, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)[:, short.shape[1] :]
+    assert torch.equal(alone[0], tokens[1])
 
 
 def _assert_same_state_dict(a, b):
@@ -101,7 +118,7 @@ def test_parity_and_round_trip(case, tmp_path):
     assert isinstance(ours, LlmArchDenseForCausalLM)
     assert ours.config.converted_from == native.config.model_type
     assert (_logits(native) - _logits(ours)).abs().max() < 1e-4
-    assert torch.equal(_greedy(native), _greedy(ours))
+    _assert_generations_match_native(native, ours)
 
     back = to_hf(ours)
     assert type(back) is type(native)

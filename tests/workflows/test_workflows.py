@@ -24,13 +24,20 @@ def test_trainer_with_gradient_checkpointing_lowers_loss(family, tmp_path):
 
 
 def test_pipeline_text_generation(family):
+    """The pipeline's text is the greedy continuation generate() gives each prompt alone, also
+    when the pipeline batches prompts of different lengths (left padding)."""
     model = tiny_model(family)
     tok = byte_tokenizer()
+    prompts = ["def add(a, b):", "hello"]
+    expected = []
+    for prompt in prompts:
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+        expected.append(prompt + tok.decode(new[0, ids.shape[1] :], skip_special_tokens=True))
     gen = pipeline("text-generation", model=model, tokenizer=tok, device="cpu")
-    out = gen(["def add(a, b):", "hello"], max_new_tokens=8, do_sample=False)
-    assert len(out) == 2
-    text = out[0][0]["generated_text"]
-    assert text.startswith("def add(a, b):") and len(tok(text)["input_ids"]) >= len(tok("def add(a, b):")["input_ids"])
+    for batch_size in (1, 2):
+        out = gen(prompts, max_new_tokens=8, do_sample=False, batch_size=batch_size)
+        assert [o[0]["generated_text"] for o in out] == expected, f"batch_size={batch_size}"
 
 
 def test_lora_default_targets_change_output_and_merge(family):
