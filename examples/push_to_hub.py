@@ -7,14 +7,19 @@ The folder goes up in one commit through `HfApi.upload_folder`, README.md includ
 (`model.push_to_hub()` also works for every hf_llmarch model, but it writes the Hub's generic
 README over ours, so the card would need a second commit.) `--dry-run` writes the exact folder that
 would be uploaded and reloads it, without touching the network. Whoever loads the pushed model
-runs `import hf_llmarch` first; the card's usage snippet says so.
+runs `import hf_llmarch` first; the card's usage snippet says so. When the Hub cannot be reached
+(no network, offline mode, no login) the script says so in one line and exits with status 1.
 """
 
 import argparse
+import contextlib
+import importlib
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import HfHubHTTPError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_llmarch  # registers the llmarch_* model types with the Auto classes
@@ -43,6 +48,21 @@ def check_reload(model_dir: str, folder: Path) -> float:
         source = AutoModelForCausalLM.from_pretrained(model_dir).eval()(ids).logits
         staged = AutoModelForCausalLM.from_pretrained(folder).eval()(ids).logits
     return (source - staged).abs().max().item()
+
+
+def _hub_errors() -> tuple[type[Exception], ...]:
+    """What a failed Hub call raises: an HTTP error status, offline mode (a ConnectionError), or a
+    transport error of the HTTP client, httpx2 for huggingface_hub 2.x and httpx for 1.x."""
+    errors = [HfHubHTTPError, ConnectionError]
+    for client in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            errors.append(importlib.import_module(client).TransportError)
+    return tuple(errors)
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else 'no details'}"
 
 
 def publish(model_dir: str, repo_id: str, private: bool, api=None) -> str:
@@ -75,9 +95,15 @@ def main():
         for path in sorted(folder.iterdir()):
             print(f"  {path.name:<28} {path.stat().st_size:>12,} bytes")
         print(f"reloaded from {folder}: max |logit diff| {check_reload(args.model, folder):.1e}")
-    else:
+        return 0
+    try:
         print(f"pushed: {publish(args.model, args.repo_id, args.private)}")
+    except _hub_errors() as err:
+        print(f"error: could not push to the Hub repo {args.repo_id} ({_first_line(err)}); "
+              "--dry-run stages the upload locally, without the network", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,7 +16,8 @@ DEFAULT_LIMITATIONS = (
 _MISSING = "n/a"
 METRIC_KEYS = (
     *("num_parameters", "training_data", "steps", "eval_loss_before", "eval_loss_after", "train_time_s"),
-    *("lora_steps", "lora_data", "lora_loss_before", "lora_loss_after", "model_path", "limitations"),
+    *("lora_steps", "lora_data", "lora_loss_before", "lora_loss_after", "lora_adapter", "model_path"),
+    "limitations",
 )
 
 
@@ -63,7 +64,11 @@ def _lora_summary(metrics: dict) -> str:
         return "none"
     data = metrics.get("lora_data", "a separate slice")
     before, after = _fmt(metrics.get("lora_loss_before")), _fmt(metrics.get("lora_loss_after"))
-    return f"{steps} steps on {data}, eval loss {before} → {after}, adapters merged into the weights"
+    adapter = metrics.get("lora_adapter")  # saved beside the model; without it, merged into it
+    where = "adapters merged into the weights"
+    if adapter:
+        where = f"adapter saved in `{adapter}` (`PeftModel.from_pretrained`)"
+    return f"{steps} steps on {data}, eval loss {before} → {after}, {where}"
 
 
 def render_card(config, metrics: dict, *, title: str, notes: str = "") -> str:

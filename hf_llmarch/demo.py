@@ -1,14 +1,15 @@
 """The end-to-end demo: `llmarch demo` or `python -m hf_llmarch.demo`.
 
-It pretrains a tiny randomly initialised model on the embedded corpus with `Trainer`, generates
-text, LoRA fine-tunes it with PEFT's default targets, saves and reloads it through the Auto
-classes, and writes a model card: every step a user's ordinary transformers code would take.
+It pretrains a tiny randomly initialised model on the embedded corpus with `Trainer` (evaluating
+it periodically and plotting the losses), generates text from a left-padded batch, saves it, LoRA
+fine-tunes it with PEFT's default targets and saves the adapter beside it, reloads both (Auto
+classes, `PeftModel.from_pretrained`) and writes a model card: every step a user's ordinary
+transformers code would take. Everything it writes goes under --out (default runs/demo).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import time
@@ -19,7 +20,6 @@ import torch
 import transformers
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -30,24 +30,34 @@ from . import card as model_card
 from .console import show_on_console
 from .data import byte_tokenizer, load_text, make_lm_datasets
 from .data.lm_data import LMBlockDataset
+from .demo_checks import (
+    PROMPTS,
+    check_padded_batch,
+    generate_samples,
+    prompt_logits,
+    reload_and_check,
+    save_model,
+)
 from .presets import list_presets, load_preset
+from .training_report import perplexity, print_loss_table, require_matplotlib, write_loss_curve
 
 # The demo reports through a logger; `run` shows it on stdout as plain lines.
 log = logging.getLogger("hf_llmarch.demo")
 
 DESCRIPTION = (
-    "Pretrain a tiny model from scratch on CPU, generate text, LoRA fine-tune it, save and reload it "
-    "through the Auto classes, and write its model card."
+    "Pretrain a tiny model from scratch on CPU, generate text, LoRA fine-tune it, save the model and "
+    "the adapter, reload both, and write its model card, all under --out."
 )
-# About two minutes in all for llama-tiny on a quiet 2-core CPU (600 steps measured 64 s of pretraining).
+# About two minutes in all for llama-tiny on a quiet 2-core CPU (measured: 116 s of pretraining with
+# its 11 evaluations, 131 s end to end; --steps 200 takes 42 s).
 DEFAULT_STEPS = 1000
 DEFAULT_LORA_STEPS = 60
 # Above this the demo would take hours on CPU; --force overrides.
 MAX_DEMO_PARAMETERS = 20_000_000
 MAX_EVAL_BLOCKS = 128  # a fixed eval set keeps evaluation to a few seconds
+EVAL_POINTS = 10  # evaluations spread over pretraining, besides the one at step 0
 LORA_TEXT_CHARS = 120_000
-PROMPTS = ["Return the ", "If the file", "This class "]
-GENERATE_TOKENS = 64
+MODEL_DIR, ADAPTER_DIR = "model", "lora-adapter"  # inside --out
 
 
 class DemoError(Exception):
@@ -65,7 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "with a 'text' column (default: the embedded corpus of Python docstrings)",
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default %(default)s)")
-    parser.add_argument("--cards-dir", default="model_cards", help="where the model card goes (default %(default)s)")
     parser.add_argument("--block-size", type=int, default=128, help="tokens per sequence (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per step (default %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default %(default)s)")
@@ -151,7 +160,10 @@ class _TimeLimit(TrainerCallback):
             control.should_training_stop = True
 
 
-def make_trainer(model, train_ds, eval_ds, *, output_dir, steps, batch_size, lr, seed, max_time=None) -> Trainer:
+def make_trainer(
+    model, train_ds, eval_ds, *, output_dir, steps, batch_size, lr, seed, max_time=None, eval_every=None
+) -> Trainer:
+    """The demo's Trainer; with `eval_every` it also evaluates at step 0 and every `eval_every` steps."""
     use_cuda = torch.cuda.is_available()
     training_args = TrainingArguments(
         output_dir=str(output_dir),
@@ -167,7 +179,9 @@ def make_trainer(model, train_ds, eval_ds, *, output_dir, steps, batch_size, lr,
         max_grad_norm=1.0,
         logging_steps=max(1, steps // 20),
         logging_first_step=True,
-        eval_strategy="no",  # evaluated explicitly before and after
+        eval_strategy="steps" if eval_every else "no",
+        eval_steps=eval_every,
+        eval_on_start=bool(eval_every),
         save_strategy="no",
         prediction_loss_only=True,
         report_to=[],
@@ -187,103 +201,46 @@ def make_trainer(model, train_ds, eval_ds, *, output_dir, steps, batch_size, lr,
     )
 
 
-def _perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 50 else float("inf")
-
-
-def _print_loss_table(log_history: list[dict], max_rows: int = 12):
-    rows = [entry for entry in log_history if "loss" in entry]
-    if len(rows) > max_rows:  # keep the first and last, evenly thinned in between
-        rows = [rows[round(i * (len(rows) - 1) / (max_rows - 1))] for i in range(max_rows)]
-    log.info(f"{'step':>6}  {'train loss':>10}  {'lr':>9}")
-    for entry in rows:
-        log.info(f"{entry['step']:>6}  {entry['loss']:>10.4f}  {entry.get('learning_rate', 0.0):>9.2e}")
-
-
-def write_loss_curve(log_history: list[dict], eval_points: list[tuple[int, float]], out: Path) -> Path:
-    """loss_curve.csv (step, train_loss, eval_loss) and, with matplotlib, loss_curve.png."""
-    by_step: dict[int, dict] = {}
-    for entry in log_history:
-        if "loss" in entry:
-            by_step.setdefault(entry["step"], {})["train_loss"] = entry["loss"]
-    for step, loss in eval_points:
-        by_step.setdefault(step, {})["eval_loss"] = loss
-    path = out / "loss_curve.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["step", "train_loss", "eval_loss"])
-        for step in sorted(by_step):
-            row = by_step[step]
-            writer.writerow([step, row.get("train_loss", ""), row.get("eval_loss", "")])
-    _plot_loss_curve(by_step, out / "loss_curve.png")
-    return path
-
-
-def _plot_loss_curve(by_step: dict[int, dict], path: Path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: skipping loss_curve.png")
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("train_loss", "eval_loss"):
-        points = [(step, row[key]) for step, row in sorted(by_step.items()) if key in row]
-        ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=key.replace("_", " "))
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    log.info(f"wrote {path}")
-
-
 def pretrain(args, config, train_ds, eval_ds, out: Path) -> tuple:
     transformers.set_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config)
     n_params = model.num_parameters()
     log.info(f"{args.preset}: {config.model_type}, pattern {config.layer_pattern!r}, {n_params:,} parameters")
     trainer = make_trainer(
-        model, train_ds, eval_ds, output_dir=out / "trainer", steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_time=args.max_time,
+        model, train_ds, eval_ds, output_dir=out / "trainer", steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, max_time=args.max_time, eval_every=max(1, args.steps // EVAL_POINTS),
     )
-    before = trainer.evaluate()["eval_loss"]
-    uniform = math.log(config.vocab_size)
-    log.info(f"eval loss at init: {before:.4f} (perplexity {_perplexity(before):.1f}; uniform would be {uniform:.4f})")
     trainer.train()
-    after = trainer.evaluate()["eval_loss"]
+    evals = _eval_points(trainer)
+    (_, before), (_, after) = evals[0], evals[-1]
+    uniform = math.log(config.vocab_size)
+    log.info(f"eval loss at init: {before:.4f} (perplexity {perplexity(before):.1f}; uniform would be {uniform:.4f})")
     history = trainer.state.log_history
-    _print_loss_table(history)
-    log.info(f"eval loss: {before:.4f} -> {after:.4f}   perplexity: {_perplexity(before):.1f} -> {_perplexity(after):.2f}")
-    csv_path = write_loss_curve(history, [(0, before), (trainer.state.global_step, after)], out)
+    print_loss_table(history)
+    log.info("eval loss by step: " + ", ".join(f"{step}: {loss:.3f}" for step, loss in evals))
+    log.info(f"eval loss: {before:.4f} -> {after:.4f}   perplexity: {perplexity(before):.1f} -> {perplexity(after):.2f}")
+    csv_path = write_loss_curve(history, evals, out, title=f"{args.preset} pretraining on {_short_dataset(args)}")
     log.info(f"wrote {csv_path}")
     return trainer.model, before, after, trainer.state.global_step
 
 
-@torch.no_grad()
-def generate_samples(model, tokenizer, prompts=PROMPTS, max_new_tokens=GENERATE_TOKENS, seed=0) -> dict:
-    """Greedy and sampled continuations of a left-padded batch of prompts."""
-    model.eval()
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-    settings = {"greedy": dict(do_sample=False), "sampled": dict(do_sample=True, temperature=0.8, top_k=40)}
-    samples = {}
-    for name, kwargs in settings.items():
-        torch.manual_seed(seed)
-        ids = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **kwargs
-        )
-        texts = tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        samples[name] = texts
-        for prompt, text in zip(prompts, texts):
-            log.info(f"[{name:>7}] {prompt + text!r}")
-    return samples
+def _eval_points(trainer) -> list[tuple[int, float]]:
+    """(step, eval loss) of each evaluation, ending at the last step even if --max-time stopped early."""
+    evals = [(entry["step"], entry["eval_loss"]) for entry in trainer.state.log_history if "eval_loss" in entry]
+    if evals[-1][0] != trainer.state.global_step:
+        evals.append((trainer.state.global_step, trainer.evaluate()["eval_loss"]))
+    return evals
+
+
+def _short_dataset(args) -> str:
+    return "the embedded corpus" if args.dataset in (None, "default") else Path(args.dataset).name
 
 
 def lora_finetune(args, model, lora_train, lora_eval, out: Path) -> tuple:
-    """LoRA on PEFT's default targets for this model type (registered by hf_llmarch), then merge."""
+    """LoRA on PEFT's default targets for this model type (registered by hf_llmarch); saves the adapter.
+
+    `get_peft_model` wraps `model` in place, so the base model must be saved before this runs.
+    """
     from peft import LoraConfig, get_peft_model
 
     # No target_modules: `import hf_llmarch` registered q/k/v/o and MLP projections as defaults.
@@ -301,29 +258,9 @@ def lora_finetune(args, model, lora_train, lora_eval, out: Path) -> tuple:
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
     log.info(f"LoRA eval loss on the upper-case style: {before:.4f} -> {after:.4f}")
-    merged = trainer.model.merge_and_unload()
-    log.info(f"merged the adapters: {type(merged).__name__} with {merged.num_parameters():,} parameters")
-    return merged, before, after, trainer.state.global_step
-
-
-@torch.no_grad()
-def save_and_reload(model, tokenizer, path: Path) -> float:
-    """Save, reload through the Auto classes and check the logits match; returns the max difference."""
-    model = model.to("cpu").eval()
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    reloaded = AutoModelForCausalLM.from_pretrained(path).eval()
-    reloaded_tok = AutoTokenizer.from_pretrained(path)
-    inputs = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    if reloaded_tok(PROMPTS, padding=True)["input_ids"] != inputs["input_ids"].tolist():
-        raise RuntimeError(f"the tokenizer reloaded from {path} encodes the prompts differently")
-    expected, actual = model(**inputs).logits, reloaded(**inputs).logits
-    diff = (expected - actual).abs().max().item()
-    if not torch.allclose(expected, actual, rtol=0, atol=1e-5):
-        raise RuntimeError(f"logits of the model reloaded from {path} differ by up to {diff:.3g}")
-    log.info(f"saved to {path}; reloaded {type(reloaded).__name__} via AutoModelForCausalLM")
-    log.info(f"reloaded logits match the in-memory model (max |diff| {diff:.1e})")
-    return diff
+    peft_model.save_pretrained(out / ADAPTER_DIR)
+    log.info(f"saved the LoRA adapter to {out / ADAPTER_DIR}")
+    return peft_model, before, after, trainer.state.global_step
 
 
 def _write_model_card(args, config, metrics: dict) -> Path:
@@ -333,10 +270,9 @@ def _write_model_card(args, config, metrics: dict) -> Path:
         title=f"{args.preset} (hf_llmarch demo)",
         notes="Generated by `llmarch demo`; it uses a byte-level tokenizer (258 tokens).",
     )
-    path = model_card.write_card(Path(args.cards_dir) / f"{args.preset}-demo.md", text)
-    # The checkpoint carries its card too, so uploading the folder publishes it as the Hub README.
-    model_card.write_card(Path(metrics["model_path"]) / "README.md", text)
-    log.info(f"wrote {path} and README.md in {metrics['model_path']}")
+    # README.md in the checkpoint is its Hub card: uploading the folder publishes it.
+    path = model_card.write_card(Path(metrics["model_path"]) / "README.md", text)
+    log.info(f"wrote {path}")
     return path
 
 
@@ -353,46 +289,58 @@ def _demo(args) -> int:
     timings: dict[str, float] = {}
     clock = time.monotonic()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    model_dir, adapter_dir = out / MODEL_DIR, out / ADAPTER_DIR
 
-    _section("1/6 Data and config")
+    _section("1/7 Data and config")
+    try:
+        require_matplotlib()
+    except ImportError as exc:
+        raise DemoError(str(exc)) from exc
     tokenizer = byte_tokenizer()
     try:
         config = build_config(args.preset, tokenizer, force=args.force)
         train_ds, eval_ds, lora_train, lora_eval = prepare_data(args, tokenizer)
     except ValueError as exc:  # unknown preset, unloadable dataset, text too short: all user input
         raise DemoError(str(exc)) from exc
+    out.mkdir(parents=True, exist_ok=True)
     timings["data"] = time.monotonic() - clock
 
-    _section(f"2/6 Pretraining {args.preset} from scratch for {args.steps} steps")
+    _section(f"2/7 Pretraining {args.preset} from scratch for {args.steps} steps")
     model, before, after, steps = pretrain(args, config, train_ds, eval_ds, out)
     timings["pretrain"] = time.monotonic() - clock - sum(timings.values())
 
-    _section("3/6 Generation (greedy and sampled, left-padded batch)")
-    generate_samples(model, tokenizer, seed=args.seed)
+    _section("3/7 Generation (greedy and sampled, left-padded batch)")
+    samples = generate_samples(model, tokenizer, seed=args.seed)
+    check_padded_batch(model, tokenizer, PROMPTS, samples["greedy"])
 
+    _section("4/7 Save the pretrained model")
+    base_logits = save_model(model, tokenizer, model_dir)
     metrics = {
         "num_parameters": model.num_parameters(), "training_data": _describe_dataset(args.dataset),
         "steps": steps, "eval_loss_before": before, "eval_loss_after": after,
-        "train_time_s": timings["pretrain"], "model_path": str(out / "model"),
+        "train_time_s": timings["pretrain"], "model_path": str(model_dir),
     }
     if args.lora_steps > 0:
-        _section(f"4/6 LoRA fine-tuning for {args.lora_steps} steps")
-        model, lora_before, lora_after, lora_steps = lora_finetune(args, model, lora_train, lora_eval, out)
-        metrics.update(lora_steps=lora_steps, lora_data="the same text upper-cased",
+        _section(f"5/7 LoRA fine-tuning for {args.lora_steps} steps")
+        peft_model, lora_before, lora_after, lora_steps = lora_finetune(args, model, lora_train, lora_eval, out)
+        metrics.update(lora_steps=lora_steps, lora_data="the same text upper-cased", lora_adapter=str(adapter_dir),
                        lora_loss_before=lora_before, lora_loss_after=lora_after)
-        generate_samples(model, tokenizer, prompts=PROMPTS[:1], max_new_tokens=48, seed=args.seed)
+        generate_samples(peft_model, tokenizer, prompts=PROMPTS[:1], max_new_tokens=48, seed=args.seed)
+        adapted_logits = prompt_logits(peft_model, tokenizer)
     else:
-        _section("4/6 LoRA fine-tuning skipped (--lora-steps 0)")
+        _section("5/7 LoRA fine-tuning skipped (--lora-steps 0)")
+        adapter_dir = adapted_logits = None
     timings["generate+lora"] = time.monotonic() - clock - sum(timings.values())
 
-    _section("5/6 Save and reload")
-    save_and_reload(model, tokenizer, out / "model")
+    _section("6/7 Reload and check")
+    reload_and_check(tokenizer, model_dir, base_logits, adapter_dir, adapted_logits)
 
-    _section("6/6 Model card")
+    _section("7/7 Model card")
     card_path = _write_model_card(args, config, metrics)
     timings["total"] = time.monotonic() - clock
-    _summary(metrics, timings, {"model": out / "model", "loss curve": out / "loss_curve.csv", "model card": card_path})
+    paths = {"model": model_dir, "LoRA adapter": adapter_dir, "loss curve": out / "loss_curve.png",
+             "model card": card_path}
+    _summary(metrics, timings, {name: path for name, path in paths.items() if path})
     return 0
 
 

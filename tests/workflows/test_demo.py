@@ -2,16 +2,22 @@
 
 import csv
 import importlib
+import re
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
 import hf_llmarch
 from hf_llmarch import demo
 from hf_llmarch.accounting import count_parameters
 from hf_llmarch.card import render_card, write_card
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Small enough for well under 90 s on two cores, long enough for the loss to fall clearly.
 TINY_RUN = ["--steps", "20", "--lora-steps", "5", "--block-size", "64", "--batch-size", "8"]
@@ -28,29 +34,52 @@ def _read_loss_curve(path):
         return list(csv.DictReader(fh))
 
 
-def test_demo_end_to_end(tmp_path, capsys):
-    out, cards = tmp_path / "run", tmp_path / "cards"
-    assert demo.main([*TINY_RUN, "--out", str(out), "--cards-dir", str(cards)]) == 0
+def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default --out is relative: runs/demo
+    assert demo.main(TINY_RUN) == 0
     printed = capsys.readouterr().out
-    assert "logits match" in printed and "LoRA adapters:" in printed
+    assert "LoRA adapters:" in printed
+    assert "all 3 greedy rows equal their prompt generated alone" in printed
+    assert printed.count("logits match the in-memory model") == 2  # the model and the adapter
+
+    # Everything it wrote is under runs/demo: no tracked file (model_cards/, ...) is touched.
+    out = tmp_path / "runs" / "demo"
+    assert [p.relative_to(tmp_path) for p in tmp_path.iterdir()] == [Path("runs")]
+    assert list((tmp_path / "runs").iterdir()) == [out]
 
     rows = _read_loss_curve(out / "loss_curve.csv")
-    evals = [float(r["eval_loss"]) for r in rows if r["eval_loss"]]
-    assert len(evals) == 2 and evals[1] < evals[0] - 0.5  # before/after pretraining
+    evals = [(int(r["step"]), float(r["eval_loss"])) for r in rows if r["eval_loss"]]
+    assert [step for step, _ in evals] == list(range(0, 21, 2))  # periodic, from step 0 to the last
+    assert evals[-1][1] < evals[0][1] - 0.5
     assert len([r for r in rows if r["train_loss"]]) >= 5
+    assert (out / "loss_curve.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
+    # runs/demo/model is the pretrained base model; the LoRA adapter is beside it.
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
     assert model.config.model_type == "llmarch_dense"
-    inputs = tokenizer(["Return the", "If"], return_tensors="pt", padding=True)
-    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert generated.shape == (2, inputs["input_ids"].shape[1] + 4)
+    assert not any("lora" in name for name in model.state_dict())
+    n_params = model.num_parameters()
+    _, eval_ds, _, _ = demo.prepare_data(SimpleNamespace(dataset=None, block_size=64), tokenizer)
+    with torch.no_grad():  # it scores exactly the final pretraining eval loss: not LoRA-merged
+        loss = model(**default_data_collator(list(eval_ds))).loss.item()
+        assert loss == pytest.approx(evals[-1][1], abs=1e-4)
+        inputs = tokenizer(demo.PROMPTS, return_tensors="pt", padding=True)
+        base_logits = model(**inputs).logits
+        adapted = PeftModel.from_pretrained(model, out / "lora-adapter").eval()  # wraps `model` in place
+        assert (adapted(**inputs).logits - base_logits).abs().max() > 1e-3  # the trained adapter loads
 
-    card = (cards / "llama-tiny-demo.md").read_text(encoding="utf-8")
-    assert "llama-tiny" in card and f"{model.num_parameters():,}" in card
-    assert f"{evals[1]:.4f}" in card and "import hf_llmarch" in card
+    card = (out / "model" / "README.md").read_text(encoding="utf-8")  # published with the folder
+    assert "llama-tiny" in card and f"{n_params:,}" in card
+    assert f"{evals[-1][1]:.4f}" in card and "import hf_llmarch" in card
+    assert 'from_pretrained("runs/demo/model")' in card and "`runs/demo/lora-adapter`" in card
     assert "$" not in card  # every placeholder was filled
-    assert (out / "model" / "README.md").read_text(encoding="utf-8") == card  # published with the folder
+
+
+def test_committed_example_card_holds_no_machine_paths():
+    card = (REPO / "model_cards" / "llama-tiny-demo.md").read_text(encoding="utf-8")
+    assert not re.search(r"/tmp/|/home/|/Users/|/work/|[A-Za-z]:\\\\", card)
+    assert re.findall(r'from_pretrained\("([^"]+)"\)', card) == ["runs/demo/model"] * 2
 
 
 def test_demo_with_local_text_file(tmp_path):
@@ -61,8 +90,8 @@ def test_demo_with_local_text_file(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text(text, encoding="utf-8")
     args = ["--dataset", str(path), "--steps", "3", "--lora-steps", "2", "--block-size", "32", "--batch-size", "4"]
-    assert demo.main([*args, "--out", str(tmp_path / "run"), "--cards-dir", str(tmp_path / "cards")]) == 0
-    card = (tmp_path / "cards" / "llama-tiny-demo.md").read_text(encoding="utf-8")
+    assert demo.main([*args, "--out", str(tmp_path / "run")]) == 0
+    card = (tmp_path / "run" / "model" / "README.md").read_text(encoding="utf-8")
     assert "notes.txt" in card
 
 
@@ -78,11 +107,19 @@ def _force_offline(monkeypatch):
 def test_demo_unknown_dataset_fails_clearly(tmp_path, monkeypatch, capsys):
     _force_offline(monkeypatch)
     name = "no-such-user/no-such-dataset-xyz"
-    status = demo.main(["--dataset", name, "--out", str(tmp_path / "run"), "--cards-dir", str(tmp_path / "cards")])
+    status = demo.main(["--dataset", name, "--out", str(tmp_path / "run")])
     assert status == 2
     err = capsys.readouterr().err
     assert name in err and "local text file" in err
-    assert not (tmp_path / "cards").exists()
+    assert not (tmp_path / "run").exists()
+
+
+def test_demo_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    assert demo.main(["--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "pip install" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # failed before any training
 
 
 @pytest.mark.parametrize(
@@ -108,6 +145,7 @@ METRICS = {
     "lora_steps": 60,
     "lora_loss_before": 3.25,
     "lora_loss_after": 1.75,
+    "lora_adapter": "runs/demo/lora-adapter",
     "model_path": "runs/demo/model",
 }
 
@@ -126,6 +164,7 @@ def test_render_card_contains_key_figures(tmp_path):
         f"{torch.tensor(1.4321).exp().item():.2f}",  # final perplexity
         "60 steps",
         "3.2500 → 1.7500",
+        "adapter saved in `runs/demo/lora-adapter`",
         "import hf_llmarch",
         'AutoModelForCausalLM.from_pretrained("runs/demo/model")',
         "## Limitations",

@@ -1,9 +1,13 @@
-"""Every script in examples/ runs as a user would run it (tiny step counts), and the Hub upload
-path works against a stand-in for `HfApi` that keeps the real method signatures."""
+"""Every script in examples/ runs as a user would run it (tiny step counts) and does what it
+claims, checked from its output files and printed numbers; the Hub upload path works against a
+stand-in for `HfApi` that keeps the real method signatures, and fails in one line without a network."""
 
+import ast
 import importlib.util
 import inspect
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,62 +17,152 @@ from types import SimpleNamespace
 import pytest
 import torch
 from huggingface_hub import HfApi
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from torch.utils.data import Subset
+from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
-import hf_llmarch  # noqa: F401  (registers the model types for the in-process loads)
+import hf_llmarch
+from hf_llmarch.data import byte_tokenizer, load_text, make_lm_datasets
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _run_example(name: str, *args: str, cwd: Path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
+def _run(name: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+def _run_example(name: str, *args: str, cwd: Path) -> str:
+    proc = _run(name, *args, cwd=cwd)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
 
+def _losses(pattern: str, out: str) -> tuple[float, float]:
+    """The (before, after) pair an example prints as `<pattern> A -> B`."""
+    match = re.search(pattern + r" ([\d.]+) -> ([\d.]+)", out)
+    assert match, f"no {pattern!r} line in:\n{out}"
+    return float(match[1]), float(match[2])
+
+
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> Path:
+def pretrain_run(tmp_path_factory) -> tuple[Path, str]:
+    """pretrain.py's output folder and printed output."""
     work = tmp_path_factory.mktemp("examples")
-    out = _run_example("pretrain.py", "--steps", "3", "--batch-size", "4", "--out", "pre", cwd=work)
-    assert "eval loss" in out and "saved to pre" in out
-    return work / "pre"
+    out = _run_example("pretrain.py", "--steps", "8", "--batch-size", "4", "--out", "pre", cwd=work)
+    assert "saved to pre" in out
+    return work / "pre", out
 
 
-def test_pretrain_saves_a_reloadable_model(pretrained):
-    model = AutoModelForCausalLM.from_pretrained(pretrained)
+@pytest.fixture(scope="module")
+def pretrained(pretrain_run) -> Path:
+    return pretrain_run[0]
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> Path:
+    """An untrained llama-tiny whose greedy tokens depend on the whole context, so a padding bug shows
+    (at the default init scale it just repeats the last token, padded or not)."""
+    path = tmp_path_factory.mktemp("random") / "model"
+    torch.manual_seed(0)
+    config = hf_llmarch.load_preset("llama-tiny", initializer_range=0.2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@torch.no_grad()
+def _eval_loss(model, blocks: int = 64) -> float:
+    """pretrain.py's eval loss: the first `blocks` held-out 128-token blocks of the embedded corpus."""
+    _, eval_ds = make_lm_datasets(load_text(), byte_tokenizer(), block_size=128)
+    batch = default_data_collator(list(Subset(eval_ds, range(blocks))))
+    return model.eval()(**batch).loss.item()
+
+
+def test_pretrain_lowers_the_loss_and_saves_the_trained_model(pretrain_run):
+    path, out = pretrain_run
+    before, after = _losses("eval loss", out)
+    assert after < before - 0.05
+    model = AutoModelForCausalLM.from_pretrained(path)
     assert model.config.model_type == "llmarch_dense"
-    assert AutoTokenizer.from_pretrained(pretrained).decode([104, 105]) == "hi"
+    assert AutoTokenizer.from_pretrained(path).decode([104, 105]) == "hi"
+    # The reloaded weights are the trained ones: they reproduce the printed final eval loss.
+    assert _eval_loss(model) == pytest.approx(after, abs=1e-3)
 
 
-def test_generate_example(pretrained, tmp_path):
-    out = _run_example("generate.py", "--model", str(pretrained), "--max-new-tokens", "6", cwd=tmp_path)
+def _greedy_rows(out: str) -> list[tuple[str, str]]:
+    """(prompt, continuation) pairs of generate.py's greedy section: `'prompt' -> 'text'` lines."""
+    section = out.split("--- greedy ---\n")[1].split("\n\n")[0]
+    return [tuple(ast.literal_eval(part) for part in line.split(" -> ", 1)) for line in section.splitlines()]
+
+
+def test_generate_left_padded_batch_equals_each_prompt_alone(random_model, tmp_path):
+    out = _run_example("generate.py", "--model", str(random_model), "--max-new-tokens", "8", cwd=tmp_path)
     for strategy in ("greedy", "sampling", "beam search"):
         assert f"--- {strategy}" in out
+    rows = _greedy_rows(out)
+    assert len(rows) == 3 and len({len(prompt) for prompt, _ in rows}) > 1  # the batch really was padded
+    model = AutoModelForCausalLM.from_pretrained(random_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(random_model)
+    for prompt, batch_text in rows:
+        inputs = tokenizer(prompt, return_tensors="pt")
+        ids = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == batch_text
 
 
-def test_lora_example_merges_and_saves(pretrained, tmp_path):
-    out = _run_example("lora_finetune.py", "--model", str(pretrained), "--steps", "2", "--out", "lora", cwd=tmp_path)
-    assert "trainable params" in out and "merged model says" in out
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora")
+def test_lora_example_adapts_merges_and_saves(pretrained, tmp_path):
+    out = _run_example("lora_finetune.py", "--model", str(pretrained), "--steps", "4", "--out", "lora", cwd=tmp_path)
+    assert "trainable params" in out
+    before, after = _losses("eval loss on the new style:", out)
+    assert after < before
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora").eval()
     assert not any("lora" in name for name in merged.state_dict())  # adapters folded in
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "lora")
+    inputs = tokenizer(["RETURN THE "], return_tensors="pt")
+    with torch.no_grad():
+        base_logits = AutoModelForCausalLM.from_pretrained(pretrained)(**inputs).logits
+        assert (merged(**inputs).logits - base_logits).abs().max() > 1e-3  # the adapter changed the outputs
+        ids = merged.generate(**inputs, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    # The example checked merged == adapted logits; the saved merge must say what the in-memory one said.
+    said = ast.literal_eval(out.split("merged model says: ")[1].splitlines()[0])
+    assert tokenizer.decode(ids[0], skip_special_tokens=True) == said
 
 
 def test_compare_architectures_example(tmp_path):
-    out = _run_example("compare_architectures.py", "--steps", "2", "--batch-size", "2", cwd=tmp_path)
-    for preset in ("llama-tiny", "gpt2-tiny", "hybrid-tiny"):
-        assert preset in out.split("eval loss start")[-1]  # one table row each
+    out = _run_example("compare_architectures.py", "--steps", "4", "--batch-size", "2", cwd=tmp_path)
+    table = out.split("eval loss start")[-1].splitlines()[1:]
+    rows = {line.split()[0]: line.split()[1:] for line in table if line.strip()}
+    assert set(rows) == {"llama-tiny", "gpt2-tiny", "hybrid-tiny"}
+    for preset, (params, start, end, ppl, seconds) in rows.items():
+        numbers = [float(value) for value in (start, end, ppl, seconds)]
+        assert int(params.replace(",", "")) > 0 and all(map(math.isfinite, numbers)), preset
+        assert float(end) < float(start), preset  # every architecture learned something
 
 
 def test_push_to_hub_dry_run_stages_a_loadable_folder(pretrained, tmp_path):
-    out = _run_example(
-        "push_to_hub.py", "--model", str(pretrained), "--repo-id", "me/tiny", "--dry-run", "--out", "stage", cwd=tmp_path
-    )
+    args = ["--model", str(pretrained), "--repo-id", "me/tiny", "--dry-run", "--out", "stage"]
+    out = _run_example("push_to_hub.py", *args, cwd=tmp_path)
     assert "would upload to me/tiny" in out and "max |logit diff| 0.0e+00" in out
     staged = {p.name for p in (tmp_path / "stage").iterdir()}
     assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= staged
+
+
+# Offline mode, and a Hub endpoint where nothing listens (port 9, local: no real host is contacted).
+NO_NETWORK = {
+    "offline mode": {"HF_HUB_OFFLINE": "1"},
+    "connection refused": {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1"},
+}
+
+
+@pytest.mark.parametrize("network", NO_NETWORK)
+def test_push_to_hub_without_network_fails_in_one_line(pretrained, tmp_path, network):
+    env = {**NO_NETWORK[network], "HF_HOME": str(tmp_path / "hf-home"), "HF_TOKEN": ""}  # never send a real token
+    proc = _run("push_to_hub.py", "--model", str(pretrained), "--repo-id", "me/tiny", cwd=tmp_path, env=env)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: could not push") and "me/tiny" in lines[0] and "--dry-run" in lines[0]
 
 
 class FakeHub:
