@@ -17,6 +17,7 @@ from .configuration import LlmArchConfig
 from .models import FAMILIES, LlmArchForCausalLM, LlmArchModel
 from .models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM, LlmArchDenseModel
 from .models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM, LlmArchHybridModel
+from .models.moe import LlmArchMoeConfig, LlmArchMoeForCausalLM, LlmArchMoeModel
 from .presets import list_presets, load_preset
 
 __version__ = "0.1.0"
@@ -53,6 +54,9 @@ __all__ = [
     "LlmArchHybridForCausalLM",
     "LlmArchHybridModel",
     "LlmArchModel",
+    "LlmArchMoeConfig",
+    "LlmArchMoeForCausalLM",
+    "LlmArchMoeModel",
     "list_presets",
     "load_preset",
 ]

@@ -105,17 +105,17 @@ def _resolve_config(target: str, allow_native: bool = False) -> LlmArchConfig:
 
 
 def _native_equivalent(target: str, native) -> LlmArchConfig:
-    """The llmarch_dense config of a native checkpoint we can convert (same parameters and math)."""
+    """Our config of a native checkpoint we can convert (same parameters and math)."""
     from .convert import ADAPTERS
-    from .models.dense import LlmArchDenseConfig
 
     if native.model_type not in ADAPTERS:
         raise CliError(
             f"{target!r} holds a {native.model_type!r} checkpoint, which hf_llmarch cannot read; "
             f"convertible model types: {', '.join(sorted(ADAPTERS))}"
         )
-    fields = ADAPTERS[native.model_type].config_from_hf(native)
-    return LlmArchDenseConfig(**fields, converted_from=native.model_type)
+    adapter = ADAPTERS[native.model_type]
+    config_cls, _ = adapter.OURS
+    return config_cls(**adapter.config_from_hf(native), converted_from=native.model_type)
 
 
 def _cmd_list(args) -> int:

@@ -12,6 +12,8 @@ FAMILY_CONFIGS = {
     "gpt2": ("gpt2-tiny", dict(TINY, layer_pattern="(attn/mlp)x2", num_key_value_heads=4)),
     "mistral": ("llama-tiny", dict(TINY, layer_pattern="attn/mlp swa/mlp", sliding_window=4)),
     "hybrid": ("hybrid-tiny", dict(TINY, moe_intermediate_size=64, layer_pattern="retention/moe attn/mlp retention/moe attn/mlp")),
+    # First-k-dense then routed layers (Qwen3-MoE style, fine-grained experts, QK-norm).
+    "moe": ("qwen3-moe-tiny", dict(TINY, moe_intermediate_size=32, layer_pattern="attn/mlp attn/moe")),
     # No attention layer: positions and cache length come from the backbone's own token count.
     "retnet": ("hybrid-tiny", dict(TINY, layer_pattern="(retention/mlp)x2")),
 }

@@ -96,10 +96,31 @@ def test_moe_active_parameters_by_hand():
 
 @pytest.mark.parametrize(
     "preset,total",
-    [("llama3-8b", 8_030_261_248), ("mistral-7b", 7_241_732_096), ("qwen2-0.5b", 494_032_768), ("gpt2-small", 124_439_808)],
+    [
+        ("llama3-8b", 8_030_261_248), ("mistral-7b", 7_241_732_096), ("qwen2-0.5b", 494_032_768), ("gpt2-small", 124_439_808),
+        ("mixtral-8x7b", 46_702_792_704), ("qwen3-moe-30b-a3b", 30_532_122_624),
+    ],
 )
 def test_real_shapes_match_published_counts(preset, total):
     assert count_parameters(hf_llmarch.load_preset(preset))["total"] == total
+
+
+@pytest.mark.parametrize(
+    "preset,target,active", [("mixtral-8x7b", "mixtral", 12_879_925_248), ("qwen3-moe-30b-a3b", "qwen3_moe", 3_353_032_704)]
+)
+def test_moe_presets_match_the_native_model(preset, target, active):
+    """Total equals the native transformers model's num_parameters() (built weightless on meta);
+    active counts top-k of E experts per layer (Mixtral's published 12.9B, Qwen3's 3.3B)."""
+    from transformers.initialization import no_init_weights
+
+    from hf_llmarch.convert import ADAPTERS
+
+    config = hf_llmarch.load_preset(preset)
+    with torch.device("meta"), no_init_weights():
+        native = AutoModelForCausalLM.from_config(ADAPTERS[target].config_to_hf(config, target))
+    counted = count_parameters(config)
+    assert counted["total"] == native.num_parameters()
+    assert counted["active"] == active
 
 
 def _generate_with_cache(config, prompt_len: int, new_tokens: int, dtype=torch.float32):

@@ -1,9 +1,11 @@
-"""Conversion between native transformers causal LMs and `llmarch_dense`.
+"""Conversion between native transformers causal LMs and our families.
 
-`from_hf` takes a llama / mistral / qwen2 / qwen3 / gpt2 checkpoint directory or in-memory model and
-returns an `LlmArchDenseForCausalLM` with the same logits; `to_hf` goes back. The per-source
-adapters (`llama.py`, `gpt2.py`) map configs and state dicts; this module checks that every
-tensor is consumed and builds the target model. `save_from_hf` / `save_to_hf` write directories.
+`from_hf` takes a llama / mistral / qwen2 / qwen3 / gpt2 checkpoint (to `llmarch_dense`) or a
+mixtral / qwen3_moe one (to `llmarch_moe`), as a directory or an in-memory model, and returns our
+model with the same logits; `to_hf` goes back. The per-source adapters (`llama.py`, `gpt2.py`,
+`moe.py`) map configs and state dicts and name the family they convert to (`OURS`); this module
+checks that every tensor is consumed and builds the target model. `save_from_hf` / `save_to_hf`
+write directories.
 """
 
 import copy
@@ -14,14 +16,15 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from ..models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM
 from ..models.modeling import LlmArchForCausalLM
-from . import gpt2, llama
+from . import gpt2, llama, moe
 from .checkpoint import CheckpointError, TensorSource, copy_sidecar_files, read_config_json
 
 logger = logging.getLogger(__name__)
 
-ADAPTERS = {"llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2}
+ADAPTERS = {
+    "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2, "mixtral": moe, "qwen3_moe": moe,
+}
 HEAD_KEY = "lm_head.weight"
 OUR_EMBED_KEY = "model.embed_tokens.weight"
 
@@ -34,30 +37,32 @@ def _adapter(model_type: str | None):
     return ADAPTERS[model_type]
 
 
-def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchDenseForCausalLM:
-    """A native llama / mistral / qwen2 / qwen3 / gpt2 causal LM (directory or model) as `LlmArchDenseForCausalLM`.
+def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchForCausalLM:
+    """A native causal LM (directory or model) as ours: `LlmArchDenseForCausalLM` for llama / mistral /
+    qwen2 / qwen3 / gpt2, `LlmArchMoeForCausalLM` for mixtral / qwen3_moe.
 
     `dtype=None` keeps the dtype the weights are stored in."""
     native_config, src, attn = _open_native(path_or_model)
     adapter = _adapter(native_config.model_type)
-    config = LlmArchDenseConfig(**adapter.config_from_hf(native_config), converted_from=native_config.model_type)
-    expected = _expected_shapes(LlmArchDenseForCausalLM, config)
+    config_cls, model_cls = adapter.OURS
+    config = config_cls(**adapter.config_from_hf(native_config), converted_from=native_config.model_type)
+    expected = _expected_shapes(model_cls, config)
     head_shape = expected.pop(HEAD_KEY)
     state_dict = adapter.state_dict_from_hf(src, expected, config)
     _attach_head(src, state_dict, OUR_EMBED_KEY, config.tie_word_embeddings, head_shape)
     src.check_consumed(adapter.IGNORED_KEYS)
-    return _build(LlmArchDenseForCausalLM, config, state_dict, dtype, attn)
+    return _build(model_cls, config, state_dict, dtype, attn)
 
 
 def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
-    """Our dense causal LM (model or directory) as a native LlamaForCausalLM / MistralForCausalLM /
-    Qwen2ForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel. `target` defaults to the model type it was converted
+    """Our causal LM (model or directory) as a native LlamaForCausalLM / MistralForCausalLM /
+    Qwen2ForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel / MixtralForCausalLM / Qwen3MoeForCausalLM. `target` defaults to the model type it was converted
     from, else to `infer_target`. Raises a ValueError naming the field the target cannot express."""
     model = _load_ours(model_or_path)
     config = model.config
     target = target or getattr(config, "converted_from", None) or infer_target(config)
     adapter = _adapter(target)
-    _check_plain_stack(config, target)
+    _check_plain_stack(config, target, adapter.FFN_KINDS)
     adapter.check_expressible(config, target)
     native_config = adapter.config_to_hf(config, target)
     native_cls = adapter.NATIVE_CLASSES[target][1]
@@ -71,9 +76,11 @@ def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
 
 
 def infer_target(config) -> str:
-    """The native family closest to our config: learned positions + LayerNorm -> gpt2; QK-norm ->
-    qwen3; q/k/v bias without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a
-    mix); else llama."""
+    """The native family closest to our config: MoE layers -> qwen3_moe with QK-norm or dense
+    layers, else mixtral; learned positions + LayerNorm -> gpt2; QK-norm -> qwen3; q/k/v bias
+    without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a mix); else llama."""
+    if "moe" in config.ffn_types:
+        return "qwen3_moe" if config.qk_norm or "mlp" in config.ffn_types else "mixtral"
     if config.position_embedding_type == "learned" and config.norm_type == "layernorm":
         return "gpt2"
     if config.qk_norm:
@@ -129,13 +136,13 @@ def _load_ours(model_or_path) -> LlmArchForCausalLM:
     return model_or_path
 
 
-def _check_plain_stack(config, target: str):
-    """Native targets are stacks of softmax attention + dense MLP only."""
+def _check_plain_stack(config, target: str, ffn_kinds: tuple[str, ...]):
+    """Native targets are stacks of softmax attention + the FFN kinds their layers have."""
     for i, (mixer, ffn) in enumerate(zip(config.mixer_types, config.ffn_types)):
         if mixer not in ("attn", "swa"):
             raise ValueError(f"mixer_types[{i}]={mixer!r} cannot be expressed in {target}: only attn/swa layers convert")
-        if ffn != "mlp":
-            raise ValueError(f"ffn_types[{i}]={ffn!r} cannot be expressed in {target}: only dense mlp layers convert")
+        if ffn not in ffn_kinds:
+            raise ValueError(f"ffn_types[{i}]={ffn!r} cannot be expressed in {target}: only {'/'.join(ffn_kinds)} layers convert")
     if config.hidden_dropout and target != "gpt2":
         # Dropout only acts in training, so the exported model still computes the same function.
         logger.warning("hidden_dropout=%s has no counterpart in %s and is dropped", config.hidden_dropout, target)

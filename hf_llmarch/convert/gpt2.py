@@ -7,8 +7,12 @@ fuses q, k, v into one `c_attn` whose output columns are [q | k | v].
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from ..models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM
 from .checkpoint import native_pad_token_id
 
+# Our family these checkpoints convert to, and the FFN kinds its native layers express.
+OURS = (LlmArchDenseConfig, LlmArchDenseForCausalLM)
+FFN_KINDS = ("mlp",)
 NATIVE_CLASSES = {"gpt2": (GPT2Config, GPT2LMHeadModel)}
 # Causal-mask buffers of older checkpoints; transformers 5 builds masks on the fly.
 IGNORED_KEYS = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",)

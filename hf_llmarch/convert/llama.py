@@ -15,8 +15,12 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from ..models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM
 from .checkpoint import native_pad_token_id
 
+# Our family these checkpoints convert to, and the FFN kinds its native layers express.
+OURS = (LlmArchDenseConfig, LlmArchDenseForCausalLM)
+FFN_KINDS = ("mlp",)
 NATIVE_CLASSES = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "mistral": (MistralConfig, MistralForCausalLM),
@@ -41,14 +45,15 @@ _FIXED = {
 _COMMON = {"norm_type": "rmsnorm", "position_embedding_type": "rope", "mlp_gated": True}
 
 
-def config_from_hf(cfg) -> dict:
-    """Our config kwargs for a native llama / mistral / qwen2 / qwen3 config.
+def config_from_hf(cfg, model_type: str | None = None, mixers: list[str] | None = None) -> dict:
+    """Our config kwargs for a native llama / mistral / qwen2 / qwen3 config. MoE adapters reuse it
+    for their attention, naming the dense family whose conventions apply and their own mixers.
 
     Ignored on purpose: llama `pretraining_tp` (transformers 5 never reads it; the sliced
     matmuls it selected were numerically the same product) and a mistral `layer_types`
     (MistralModel ignores it and windows every layer by `sliding_window`)."""
-    model_type = cfg.model_type
-    mixers = _mixers_from_hf(cfg)
+    model_type = model_type or cfg.model_type
+    mixers = mixers or _mixers_from_hf(cfg)
     if model_type in ONE_ATTENTION_BIAS:
         # Their attention_bias puts a bias on q, k, v *and* o; qwen3 has no MLP bias field.
         bias, out_bias, mlp_bias = cfg.attention_bias, cfg.attention_bias, getattr(cfg, "mlp_bias", False)
@@ -122,27 +127,8 @@ def check_expressible(config, target: str):
 
 
 def config_to_hf(config, target: str):
+    kwargs = common_config_kwargs(config)
     n = config.num_hidden_layers
-    kwargs = dict(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=n,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        hidden_act=config.hidden_act,
-        max_position_embeddings=config.max_position_embeddings,
-        initializer_range=config.initializer_range,
-        rms_norm_eps=config.norm_eps,
-        use_cache=config.use_cache,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        tie_word_embeddings=config.tie_word_embeddings,
-        rope_parameters=dict(config.rope_parameters),
-        attention_dropout=config.attention_dropout,
-    )
     swa = [m == "swa" for m in config.mixer_types]
     if target == "llama":
         kwargs.update(attention_bias=config.attention_bias, mlp_bias=config.mlp_bias)
@@ -159,6 +145,30 @@ def config_to_hf(config, target: str):
     if target == "qwen3":
         kwargs.update(attention_bias=config.attention_bias)
     return NATIVE_CLASSES[target][0](**kwargs)
+
+
+def common_config_kwargs(config) -> dict:
+    """Native config kwargs every llama-like family (dense or MoE) shares."""
+    return dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        hidden_act=config.hidden_act,
+        max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range,
+        rms_norm_eps=config.norm_eps,
+        use_cache=config.use_cache,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        tie_word_embeddings=config.tie_word_embeddings,
+        rope_parameters=dict(config.rope_parameters),
+        attention_dropout=config.attention_dropout,
+    )
 
 
 def state_dict_from_hf(src, expected: dict[str, tuple], config) -> dict:

@@ -14,15 +14,20 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 import hf_llmarch  # noqa: F401  (registers our Auto classes)
 from hf_llmarch.convert import CheckpointError, from_hf, infer_target, save_from_hf, save_to_hf, to_hf
 from hf_llmarch.models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM
+from hf_llmarch.models.moe import LlmArchMoeForCausalLM
 
 VOCAB, SEQ = 128, 12  # SEQ > the sliding window of 4 below
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
@@ -53,6 +58,21 @@ CASES = {
     ),
     "qwen3_bias_tied": lambda: Qwen3ForCausalLM(
         Qwen3Config(**SMALL, num_key_value_heads=1, attention_bias=True, tie_word_embeddings=True)
+    ),
+    "mixtral_swa": lambda: MixtralForCausalLM(
+        MixtralConfig(**SMALL, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=4)
+    ),
+    "qwen3_moe_dense_first_unnormalised": lambda: Qwen3MoeForCausalLM(
+        Qwen3MoeConfig(
+            **SMALL, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+            mlp_only_layers=[0], norm_topk_prob=False,
+        )
+    ),
+    "qwen3_moe_sparse_step_tied": lambda: Qwen3MoeForCausalLM(
+        Qwen3MoeConfig(
+            **SMALL, num_key_value_heads=1, num_experts=3, num_experts_per_tok=3, moe_intermediate_size=16,
+            decoder_sparse_step=2, norm_topk_prob=True, tie_word_embeddings=True,
+        )
     ),
     "gpt2": lambda: GPT2LMHeadModel(
         GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=1)
@@ -115,7 +135,8 @@ def test_parity_and_round_trip(case, tmp_path):
     native.save_pretrained(tmp_path)
     ours = from_hf(tmp_path)
     ours.set_attn_implementation("eager")
-    assert isinstance(ours, LlmArchDenseForCausalLM)
+    assert isinstance(ours, LlmArchMoeForCausalLM if "moe" in ours.config.ffn_types else LlmArchDenseForCausalLM)
+    assert ours.num_parameters() == native.num_parameters()
     assert ours.config.converted_from == native.config.model_type
     assert (_logits(native) - _logits(ours)).abs().max() < 1e-4
     _assert_generations_match_native(native, ours)
@@ -275,3 +296,13 @@ def test_negative_pad_token_id_means_none(caplog):
     assert ours.config.pad_token_id is None and "pad_token_id=-1" in caplog.text
     ids = _ids()
     torch.testing.assert_close(_logits(ours, ids), _logits(native, ids), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("experts_in_config", [3, 5])
+def test_expert_count_that_disagrees_with_the_checkpoint_is_named(tmp_path, experts_in_config):
+    _native("mixtral_swa").save_pretrained(tmp_path)  # 4 experts, stored one tensor per expert
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_local_experts": experts_in_config}))
+    # Fewer experts leave experts.3 unread; more ask for experts.4 (or a router row) that is not there.
+    with pytest.raises(CheckpointError, match=r"experts\.[34]|gate\.weight"):
+        from_hf(tmp_path)
