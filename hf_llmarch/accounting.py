@@ -85,6 +85,15 @@ def _dense_ffn_params(config) -> Params:
     return _add(*up, _linear(inner, h, bias))
 
 
+def _router_params(config) -> Params:
+    """The gate [E, H], plus the noise gate [E, H] of noisy top-k or the group gate [G, H] of the
+    hierarchical router (DeepSeek's selection bias is a buffer, not a parameter)."""
+    h, e = config.hidden_size, config.num_experts
+    router_type = getattr(config, "router_type", None) or "softmax_topk"
+    extra = {"noisy_topk": _linear(h, e), "hierarchical": _linear(h, config.n_group or 1)}.get(router_type, (0, 0))
+    return _add(_linear(h, e), extra)
+
+
 def _layer_counts(config) -> dict:
     """Parameter counts of the decoder stack, split by component, with matmul/other kept apart."""
     h, e, k = config.hidden_size, config.num_experts, config.num_experts_per_tok
@@ -99,7 +108,7 @@ def _layer_counts(config) -> dict:
             continue
         norms += _norm_params(config)  # post_attention_layernorm
         if ffn == "moe":
-            router = _add(router, _linear(h, e))
+            router = _add(router, _router_params(config))
             experts = _add(experts, (e * per_expert, 0))
             experts_active = _add(experts_active, (k * per_expert, 0))
         else:

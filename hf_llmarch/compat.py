@@ -42,6 +42,12 @@ UNSUPPORTED_FLAGS = ("output_router_logits",)
 # given the answer from the token count the backbone keeps on it (`llmarch_seen_tokens`).
 GENERATE_ASKS_RECURRENT_LENGTH = Version(transformers.__version__).release < (5, 24)
 
+# Expert parallelism (`base_model_ep_plan`, loaded with `DistributedConfig(ep_size=..., ep_implementation=...)`)
+# needs 5.23, which added `ep_implementation` (all-to-all or all-reduce token dispatch) to the
+# `ep_dispatch_experts` style of 5.19. Before 5.19 EP was `enable_expert_parallel` with Mixtral's
+# `ep_router` plan, which hooks a router output our MoE block does not produce.
+EXPERT_PARALLEL_DISPATCH = Version(transformers.__version__).release >= (5, 23)
+
 
 class _SeenTokensLength:
     """Mixin: `get_seq_length` of a cache without attention layers is the backbone's token count."""

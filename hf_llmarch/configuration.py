@@ -18,14 +18,14 @@ from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from .compat import CACHE_NAMES
-from .mixers.registry import FFN_KINDS, GATED_MLP_TP, MIXER_LAYER_TYPES, MIXER_TP_PLANS, PLAIN_MLP_TP
+from .mixers.registry import FFN_KINDS, GATED_MLP_TP, MIXER_LAYER_TYPES, MIXER_TP_PLANS, MOE_EP_PLAN, PLAIN_MLP_TP
 from .pattern import compress_pattern, expand_pattern
 
 ROPE_TYPES = ("default", *ROPE_INIT_FUNCTIONS)
 NORM_TYPES = ("rmsnorm", "layernorm")
 POSITION_TYPES = ("rope", "learned", "none")
 OP_MODES = {
-    "moe_impl": ("auto", "naive", "grouped"),
+    "moe_impl": ("auto", "naive", "grouped", "triton"),
     "retention_mode": ("auto", "parallel", "chunk", "recurrent", "naive"),
 }
 
@@ -38,6 +38,8 @@ class LlmArchConfig(PreTrainedConfig):
     # Tensor parallelism (`tp_plan="auto"`): built per config from the kinds in the stack (see
     # `_tensor_parallel_plan`), so every entry names a parameter the model has.
     base_model_tp_plan: ClassVar[dict[str, str] | None] = None
+    # Expert parallelism (`DistributedConfig(ep_size=...)`): only for stacks with `moe` layers.
+    base_model_ep_plan: ClassVar[dict[str, str] | None] = None
     # A config built from `num_hidden_layers` alone repeats this unit.
     default_pattern: ClassVar[str] = "attn"
     default_ffn: ClassVar[str] = "mlp"
@@ -82,6 +84,18 @@ class LlmArchConfig(PreTrainedConfig):
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.001
     moe_impl: str = "auto"
+    # Router fields: None = the router's default, filled (and checked) by the MoE block's validate hook
+    # (hf_llmarch/modules/routers.py, which documents each).
+    router_type: str | None = None
+    capacity_factor: float | None = None
+    router_noise: float | None = None
+    n_group: int | None = None
+    topk_group: int | None = None
+    routed_scaling_factor: float | None = None
+    router_importance_loss_coef: float | None = None
+    router_load_loss_coef: float | None = None
+    router_seq_aux_loss_coef: float | None = None
+    bias_update_rate: float | None = None
 
     retention_num_heads: int | None = None
     retention_value_factor: int = 2  # value dim = factor * key dim, as in RetNet
@@ -91,6 +105,7 @@ class LlmArchConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         self._expand_layers()
         self.base_model_tp_plan = self._tensor_parallel_plan()
+        self.base_model_ep_plan = self._expert_parallel_plan()
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads and self.hidden_size % self.num_attention_heads == 0:
@@ -153,6 +168,19 @@ class LlmArchConfig(PreTrainedConfig):
         if "mlp" in self.ffn_types:
             plan |= GATED_MLP_TP if self.mlp_gated else PLAIN_MLP_TP
         return {f"layers.*.{name}": style for name, style in plan.items()}
+
+    def _expert_parallel_plan(self) -> dict[str, str] | None:
+        """Whole experts per rank, as Mixtral's plan; None without MoE layers, so `ep_size > 1` then
+        fails in from_pretrained with transformers' own "has no ep_plan" error."""
+        if "moe" not in self.ffn_types:
+            return None
+        return {f"layers.*.{name}": style for name, style in MOE_EP_PLAN.items()}
+
+    def _remove_keys_not_serialized(self, d: dict) -> None:
+        # transformers strips base_model_tp_plan from config.json but not base_model_ep_plan (5.17 to
+        # 5.24); like the tp plan it is derived from the stack, so it is never saved.
+        super()._remove_keys_not_serialized(d)
+        d.pop("base_model_ep_plan", None)
 
     def _check_names(self):
         for i, mixer in enumerate(self.mixer_types):
@@ -238,6 +266,11 @@ class LlmArchConfig(PreTrainedConfig):
                 f"num_experts_per_tok={self.num_experts_per_tok} is larger than num_experts={self.num_experts}: "
                 f"a token cannot be routed to more experts than exist; lower num_experts_per_tok to at most {self.num_experts}"
             )
+        # The router fields (router_type, capacity_factor, n_group, ...) belong to the MoE block: it fills
+        # their defaults and checks them. Imported lazily so the config module loads no modeling code.
+        from .modules.moe import MoEFeedForward
+
+        MoEFeedForward.validate(self)
 
     def _validate_retention(self):
         _positive(self, "retention_num_heads", "retention_value_factor", "retention_chunk_size")

@@ -259,3 +259,15 @@ def test_hybrid_1b_preset_reports_constant_retention_cache():
     retention = [s["by_layer_type"]["linear_attention"] for s in (short, long)]
     assert retention[0]["constant_in_context"] and retention[0]["total_bytes"] == retention[1]["total_bytes"]
     assert long["by_layer_type"]["full_attention"]["total_bytes"] == 16 * short["by_layer_type"]["full_attention"]["total_bytes"]
+
+
+@pytest.mark.parametrize(
+    "router", [("softmax_topk", {}), ("noisy_topk", {}), ("hierarchical", dict(n_group=2, topk_group=1)),
+               ("switch", dict(num_experts_per_tok=1)), ("deepseek", dict(n_group=2, topk_group=1))],
+    ids=lambda r: r[0],
+)
+def test_every_router_counts_its_own_parameters(router):
+    """Noisy top-k adds a noise gate [E, H], hierarchical a group gate [G, H]; DeepSeek's bias is a buffer."""
+    router_type, fields = router
+    config = hf_llmarch.load_preset("mixtral-tiny", router_type=router_type, **fields)
+    assert count_parameters(config)["total"] == AutoModelForCausalLM.from_config(config).num_parameters()

@@ -90,6 +90,8 @@ def _qwen3_moe_ffn(cfg, layer: int) -> str:
 
 def check_expressible(config, target: str):
     llama.check_expressible(config, ATTENTION_LIKE[target])
+    if config.router_type not in (None, "softmax_topk"):
+        raise ValueError(f"router_type={config.router_type!r} cannot be expressed in {target}, which routes with a softmax top-k")
     swa = [m == "swa" for m in config.mixer_types]
     if any(swa) and not all(swa):
         raise ValueError(f"mixer_types={config.mixer_types}: {target} windows all layers or none")

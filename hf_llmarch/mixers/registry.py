@@ -26,3 +26,12 @@ MIXER_TP_PLANS = {
 }
 GATED_MLP_TP = {"mlp.gate_proj": "colwise", "mlp.up_proj": "colwise", "mlp.down_proj": "rowwise"}
 PLAIN_MLP_TP = {"mlp.up_proj": "colwise", "mlp.down_proj": "rowwise"}
+
+# Expert-parallel plan (`DistributedConfig(ep_size=...)`), the one Mixtral declares: each rank holds a
+# contiguous block of whole experts (dim 0 of the fused weights), and the experts module receives its
+# tokens through transformers' token dispatch (all-to-all or all-reduce, `ep_implementation`).
+MOE_EP_PLAN = {
+    "mlp.experts.gate_up_proj": "grouped_gemm",
+    "mlp.experts.down_proj": "grouped_gemm",
+    "mlp.experts": "ep_dispatch_experts",
+}

@@ -68,6 +68,8 @@ class LlmArchPreTrainedModel(PreTrainedModel):
         if isinstance(module, MoEExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=self.config.initializer_range)
             init.normal_(module.down_proj, mean=0.0, std=self.config.initializer_range)
+        if getattr(module, "e_score_correction_bias", None) is not None:  # DeepSeek selection bias starts neutral
+            init.zeros_(module.e_score_correction_bias)
 
 
 class LlmArchModel(LlmArchPreTrainedModel):

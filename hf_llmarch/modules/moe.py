@@ -1,49 +1,18 @@
-"""Mixtral-style sparse MoE feed-forward: fp32 softmax top-k router, fused 3D expert weights,
-Switch/Mixtral load-balancing loss and ST-MoE router z-loss."""
+"""Sparse MoE feed-forward: a router chosen by `config.router_type` (see `routers.py`) and fused 3D
+expert weights. The default router is Mixtral's fp32 softmax top-k with the Switch/Mixtral
+load-balancing loss and the ST-MoE router z-loss."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import TrainerCallback
 from transformers.activations import ACT2FN
 
 from ..ops.moe import moe_experts, validate_moe_impl
+from .router_stats import count_tokens_per_expert, load_entropy, router_losses
+from .routers import RouterOutput, build_router, validate_router_config
 
-
-def count_tokens_per_expert(topk_idx: torch.Tensor, num_experts: int, real: torch.Tensor | None = None) -> torch.Tensor:
-    """int64 [E]: assignments over all k slots of the real tokens (real [N] bool, None = all)."""
-    flat = topk_idx.reshape(-1)  # [N*k]
-    weight = torch.ones_like(flat) if real is None else real[:, None].expand(topk_idx.shape).reshape(-1).long()
-    return torch.zeros(num_experts, dtype=torch.long, device=flat.device).scatter_add(0, flat, weight)
-
-
-def router_losses(
-    router_logits: torch.Tensor,
-    topk_idx: torch.Tensor,
-    num_experts: int,
-    token_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(load_balancing_loss, z_loss, tokens_per_expert) for one layer, over real tokens only.
-
-    router_logits [N, E]; topk_idx [N, k]; token_mask [N] (True = real token) or None (all real).
-    lb = E * sum_e (count_e / N_real) * mean_real(softmax(logits))[e]   (HF Mixtral, one layer)
-    z  = mean_real(logsumexp(logits) ** 2)                             (ST-MoE)
-    tokens_per_expert: int64 [E], assignments over all k slots of real tokens.
-    """
-    logits = router_logits.float()
-    n = topk_idx.shape[0]
-    if token_mask is None:
-        real = torch.ones(n, dtype=torch.bool, device=logits.device)
-    else:
-        real = token_mask.reshape(n).to(device=logits.device, dtype=torch.bool)
-    n_real = real.sum().clamp_min(1).float()
-    tokens_per_expert = count_tokens_per_expert(topk_idx, num_experts, real)
-
-    # where() rather than multiplying by the mask, so inf/nan logits at padded tokens cannot leak in.
-    probs = torch.where(real.unsqueeze(1), logits.softmax(-1), 0.0)  # [N, E]
-    lb = num_experts * (tokens_per_expert.float() / n_real * (probs.sum(0) / n_real)).sum()
-    lse = torch.where(real, torch.logsumexp(logits, dim=-1), 0.0)  # [N]
-    z = lse.square().sum() / n_real
-    return lb, z, tokens_per_expert
+__all__ = ["MoEExperts", "MoEFeedForward", "MoEStatsCallback", "count_tokens_per_expert", "router_losses"]
 
 
 class MoEExperts(nn.Module):
@@ -63,56 +32,109 @@ class MoEExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
         """x [N, H]; topk_idx, topk_weight [N, k] -> [N, H]."""
+        if getattr(self, "_is_expert_parallel", False):
+            # transformers' all-reduce expert parallelism sends pairs owned by another rank to the id
+            # num_local_experts with weight 0: clamp so it indexes a weight; the zero weight drops it.
+            topk_idx = topk_idx.clamp(max=self.gate_up_proj.shape[0] - 1)
         return moe_experts(x, topk_idx, topk_weight, self.gate_up_proj, self.down_proj, self.act_fn, impl=self.impl)
 
 
 class MoEFeedForward(nn.Module):
-    """Top-k routed FFN (Mixtral routing). forward returns (out, aux_loss) and records router statistics."""
+    """Top-k routed FFN. forward returns (out, aux_loss) and records per-layer router statistics:
+    `last_tokens_per_expert` (int64 [E]), `last_dropped_tokens`, `last_load_entropy` and, when the aux
+    loss is computed, `last_losses` (unweighted, by name)."""
 
     def __init__(self, config):
         super().__init__()
         self.num_experts = config.num_experts
         self.top_k = config.num_experts_per_tok
-        self.norm_topk_prob = config.norm_topk_prob
-        self.router_aux_loss_coef = config.router_aux_loss_coef
-        self.router_z_loss_coef = config.router_z_loss_coef
+        # Logit projection every router uses; named `gate` so checkpoints keep the key `mlp.gate.weight`.
         self.gate = nn.Linear(config.hidden_size, self.num_experts, bias=False)
+        self.router = build_router(config)
         self.experts = MoEExperts(
             self.num_experts, config.hidden_size, config.moe_intermediate_size, config.hidden_act, config.moe_impl
         )
         self.last_tokens_per_expert: torch.Tensor | None = None
-        self.last_load_balancing_loss: torch.Tensor | None = None
-        self.last_z_loss: torch.Tensor | None = None
+        self.last_dropped_tokens: torch.Tensor | None = None
+        self.last_load_entropy: torch.Tensor | None = None
+        self.last_losses: dict[str, torch.Tensor] = {}
 
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [N, H] -> (router_logits [N, E] fp32, topk_weight [N, k] in x.dtype, topk_idx [N, k])."""
+    @staticmethod
+    def validate(config) -> None:
+        """The config's hook for layers of kind `moe`: router defaults and checks (see routers.py)."""
+        validate_router_config(config)
+
+    @property
+    def last_load_balancing_loss(self) -> torch.Tensor | None:
+        return self.last_losses.get("load_balancing")
+
+    @property
+    def last_z_loss(self) -> torch.Tensor | None:
+        return self.last_losses.get("z")
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, H] -> [N, E] fp32."""
         # The router runs in fp32 even under autocast (Switch "selective precision").
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.gate.weight.float())  # [N, E]
-        probs = logits.softmax(dim=-1)
-        topk_weight, topk_idx = probs.topk(self.top_k, dim=-1)  # [N, k]
-        if self.norm_topk_prob:
-            topk_weight = topk_weight / topk_weight.sum(dim=-1, keepdim=True)
-        return logits, topk_weight.to(x.dtype), topk_idx
+            return F.linear(x.float(), self.gate.weight.float())
+
+    def route(
+        self, x: torch.Tensor, token_mask: torch.Tensor | None = None, seq_shape: tuple[int, int] | None = None,
+        compute_losses: bool = True,
+    ) -> RouterOutput:
+        """x [N, H]; token_mask [N] (nonzero = real) or None; seq_shape (B, T) with B*T = N (default (1, N)).
+        Returns RouterOutput with topk_weight in x.dtype."""
+        n = x.shape[0]
+        real = torch.ones(n, dtype=torch.bool, device=x.device) if token_mask is None else token_mask.reshape(n).bool()
+        out = self.router(x, self.router_logits(x), real, seq_shape or (1, n), compute_losses)
+        return out._replace(topk_weight=out.topk_weight.to(x.dtype))
 
     def forward(
         self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden_states [B, T, H]; token_mask [B, T] (nonzero = real token) or None.
-        Returns (out [B, T, H], aux_loss = aux_coef * load_balancing + z_coef * z_loss). The aux loss
-        is computed in training mode or whenever autograd records; under `torch.no_grad()` in eval
-        mode (inference, generate) it is None and only the per-expert token counts are updated."""
+        Returns (out [B, T, H], aux_loss = sum of the router's coefficient * loss). The aux loss is computed
+        in training mode or whenever autograd records; under `torch.no_grad()` in eval mode (inference,
+        generate) it is None and only the statistics are updated."""
         x = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, H]
-        logits, topk_weight, topk_idx = self.route(x)
+        # The aux loss is a training objective: pure inference (e.g. generate) skips it.
+        compute_losses = self.training or torch.is_grad_enabled()
+        seq_shape = tuple(hidden_states.shape[:2]) if hidden_states.dim() == 3 else None  # (B, T)
+        topk_idx, topk_weight, aux = self.route(x, token_mask, seq_shape, compute_losses)
         out = self.experts(x, topk_idx, topk_weight).view_as(hidden_states)
 
-        mask = None if token_mask is None else token_mask.reshape(-1).bool()  # [N]
-        if not (self.training or torch.is_grad_enabled()):
-            # Pure inference (e.g. generate): the aux loss is a training objective, so only count tokens.
-            self.last_tokens_per_expert = count_tokens_per_expert(topk_idx, self.num_experts, mask)
+        self.last_tokens_per_expert = aux.tokens_per_expert.detach()
+        self.last_dropped_tokens = aux.dropped_tokens.detach()
+        self.last_load_entropy = load_entropy(self.last_tokens_per_expert)
+        if not compute_losses:
             return out, None
-        lb, z, tokens_per_expert = router_losses(logits, topk_idx, self.num_experts, mask)
-        self.last_tokens_per_expert = tokens_per_expert.detach()
-        self.last_load_balancing_loss = lb.detach()
-        self.last_z_loss = z.detach()
-        return out, self.router_aux_loss_coef * lb + self.router_z_loss_coef * z
+        self.last_losses = {name: loss.detach() for name, loss in aux.losses.items()}
+        coefs = self.router.loss_coefs
+        return out, sum(coefs[name] * loss for name, loss in aux.losses.items())
+
+
+class MoEStatsCallback(TrainerCallback):
+    """Adds each MoE layer's statistics from its latest forward to the Trainer logs:
+    `moe/<module name>/{dropped_tokens, load_entropy, max_load}` (max_load = busiest expert's load / mean
+    load, 1.0 when balanced) and its unweighted losses `moe/<module name>/<loss>`.
+    Use: `Trainer(..., callbacks=[MoEStatsCallback()])`. Callbacks run in order and `report_to` integrations
+    come before user callbacks, so for them to see these keys put it first:
+    `trainer.callback_handler.callbacks.insert(0, MoEStatsCallback())`. (`state.log_history` is written
+    before any on_log, so it never holds them.)"""
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if logs is None or model is None:
+            return
+        for name, layer in model.named_modules():
+            if isinstance(layer, MoEFeedForward) and layer.last_tokens_per_expert is not None:
+                logs.update({f"moe/{name}/{key}": value for key, value in layer_stats(layer).items()})
+
+
+def layer_stats(layer: MoEFeedForward) -> dict[str, float]:
+    load = layer.last_tokens_per_expert.float()  # [E]
+    stats = {
+        "dropped_tokens": float(layer.last_dropped_tokens),
+        "load_entropy": float(layer.last_load_entropy),
+        "max_load": float(load.max() / load.mean().clamp_min(1e-9)),
+    }
+    return stats | {loss_name: float(loss) for loss_name, loss in layer.last_losses.items()}

@@ -306,3 +306,10 @@ def test_expert_count_that_disagrees_with_the_checkpoint_is_named(tmp_path, expe
     # Fewer experts leave experts.3 unread; more ask for experts.4 (or a router row) that is not there.
     with pytest.raises(CheckpointError, match=r"experts\.[34]|gate\.weight"):
         from_hf(tmp_path)
+
+
+def test_moe_router_the_target_lacks_is_refused():
+    ours = from_hf(_native("mixtral_swa"))
+    ours.config.router_type = "noisy_topk"
+    with pytest.raises(ValueError, match="router_type='noisy_topk' cannot be expressed in mixtral"):
+        to_hf(ours)

@@ -22,7 +22,9 @@ def moe_config(**overrides):
         moe_impl="auto",
     )
     cfg.update(overrides)
-    return SimpleNamespace(**cfg)
+    cfg = SimpleNamespace(**cfg)
+    MoEFeedForward.validate(cfg)  # fills the router fields' defaults, as the real config does
+    return cfg
 
 
 def make_block(seed=0, **overrides):
@@ -138,7 +140,7 @@ def test_gradients_reach_router_and_experts():
 def test_norm_topk_prob_off_keeps_raw_softmax_weights():
     block = make_block(norm_topk_prob=False)
     x = torch.randn(7, 16)
-    _, weight, idx = block.route(x)
+    idx, weight, _ = block.route(x)
     probs = torch.softmax(x @ block.gate.weight.T, -1)
     torch.testing.assert_close(weight, probs.gather(1, idx))
     assert (weight.sum(-1) < 1).all()
@@ -148,8 +150,9 @@ def test_norm_topk_prob_off_keeps_raw_softmax_weights():
 
 def test_bf16_block_keeps_fp32_router():
     block = make_block().to(torch.bfloat16)
-    logits, weight, _ = block.route(torch.randn(5, 16, dtype=torch.bfloat16))
-    assert logits.dtype == torch.float32 and weight.dtype == torch.bfloat16
+    x = torch.randn(5, 16, dtype=torch.bfloat16)
+    weight = block.route(x).topk_weight
+    assert block.router_logits(x).dtype == torch.float32 and weight.dtype == torch.bfloat16
     out, aux = block(torch.randn(1, 5, 16, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and aux.dtype == torch.float32 and torch.isfinite(out).all()
 

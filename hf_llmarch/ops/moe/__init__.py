@@ -1,4 +1,4 @@
-"""Routed-expert compute for MoE layers: a reference loop and a sort-by-expert grouped path."""
+"""Routed-expert compute for MoE layers: a reference loop, a sort-by-expert grouped path and a Triton kernel."""
 
 import logging
 import os
@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 import torch
 
-from .grouped import experts_grouped, grouped_mm_usable
+from .grouped import FEW_PAIRS, experts_grouped, grouped_mm_usable
 from .naive import experts_naive
+from .triton import experts_triton, interpreting, triton_unusable_reason
 
 logger = logging.getLogger("hf_llmarch")
 
-MOE_IMPLS = ("auto", "naive", "grouped")
+MOE_IMPLS = ("auto", "naive", "grouped", "triton")
 _logged: set[tuple] = set()
 
 
@@ -22,11 +23,34 @@ def validate_moe_impl(impl: str) -> str:
 
 
 def resolve_moe_impl(impl: str = "auto") -> str:
-    """Map impl (or, for "auto", the LLMARCH_MOE_IMPL env var) to "naive" or "grouped"."""
+    """Map impl (or, for "auto", the LLMARCH_MOE_IMPL env var) to "naive", "grouped" or "triton".
+
+    Without the env var "auto" maps to "grouped"; on CUDA, moe_experts may then pick "triton" per call."""
     if validate_moe_impl(impl) == "auto":
         impl = os.environ.get("LLMARCH_MOE_IMPL", "grouped") or "grouped"
-        if impl not in ("naive", "grouped"):
-            raise ValueError(f"Unknown MoE impl LLMARCH_MOE_IMPL={impl!r}; valid: naive, grouped")
+        if impl not in MOE_IMPLS[1:]:
+            raise ValueError(f"Unknown MoE impl LLMARCH_MOE_IMPL={impl!r}; valid: {', '.join(MOE_IMPLS[1:])}")
+    return impl
+
+
+def _auto_picks_triton(x, topk_idx, gate_up_proj, down_proj, act_fn) -> bool:
+    """On CUDA, "auto" runs the Triton kernel where grouped would fall back to its per-expert slice loop
+    (grouped_mm unusable for this dtype or alignment); grouped_mm and the decode-sized paths stay."""
+    return (
+        x.device.type == "cuda"
+        and topk_idx.numel() > FEW_PAIRS
+        and triton_unusable_reason(x, gate_up_proj, down_proj, act_fn) is None
+        and not grouped_mm_usable(x, gate_up_proj, down_proj)
+    )
+
+
+def _path_label(impl: str, x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor) -> str:
+    """The one log line's description of the path impl takes for these tensors."""
+    if impl == "grouped":
+        gemm = "grouped_mm" if grouped_mm_usable(x, gate_up_proj, down_proj) else "per-expert slices"
+        return f"grouped ({gemm}, {x.device.type}, {x.dtype})"
+    if impl == "triton":
+        return f"triton ({'interpreter, ' if interpreting() else ''}{x.device.type}, {x.dtype})"
     return impl
 
 
@@ -40,15 +64,15 @@ def moe_experts(
     impl: str = "auto",
 ) -> torch.Tensor:
     """x [N, H]; topk_idx/topk_weight [N, k]; gate_up_proj [E, 2I, H]; down_proj [E, H, I] -> [N, H]."""
+    requested = impl
     impl = resolve_moe_impl(impl)
-    fn = experts_naive if impl == "naive" else experts_grouped
+    if requested == "auto" and not os.environ.get("LLMARCH_MOE_IMPL"):
+        if _auto_picks_triton(x, topk_idx, gate_up_proj, down_proj, act_fn):
+            impl = "triton"
+    fn = {"naive": experts_naive, "grouped": experts_grouped, "triton": experts_triton}[impl]
     if not torch.compiler.is_compiling() and (impl, x.device.type, x.dtype) not in _logged:
         _logged.add((impl, x.device.type, x.dtype))
-        path = impl
-        if impl == "grouped":
-            gemm = "grouped_mm" if grouped_mm_usable(x, gate_up_proj, down_proj) else "per-expert slices"
-            path = f"grouped ({gemm}, {x.device.type}, {x.dtype})"
-        logger.info("hf_llmarch MoE experts path: %s", path)
+        logger.info("hf_llmarch MoE experts path: %s", _path_label(impl, x, gate_up_proj, down_proj))
     return fn(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn)
 
 
@@ -56,6 +80,7 @@ __all__ = [
     "MOE_IMPLS",
     "experts_grouped",
     "experts_naive",
+    "experts_triton",
     "grouped_mm_usable",
     "moe_experts",
     "resolve_moe_impl",
