@@ -188,6 +188,25 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_upcycle(args) -> int:
+    from .convert.upcycle import upcycle
+
+    try:
+        model = upcycle(args.src, args.experts, args.top_k, granularity=args.granularity, seed=args.seed)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    model.save_pretrained(args.out)
+    _copy_tokenizer(args.src, args.out)
+    print(f"saved the upcycled {model.config.num_experts}-expert model to {args.out}")
+    return 0
+
+
+def _copy_tokenizer(src: str, out: str):
+    from .convert.checkpoint import copy_sidecar_files
+
+    copy_sidecar_files(src, out)
+
+
 def _cmd_card(args) -> int:
     from . import card
 
@@ -271,12 +290,21 @@ def _add_own_commands(subparsers):
     p.add_argument("--out", required=True, metavar="DST", help="output directory")
     p.set_defaults(handler=_cmd_convert)
 
+    p = subparsers.add_parser("upcycle", help="turn a dense checkpoint (ours or native llama-like) into an MoE")
+    p.add_argument("src", metavar="SRC", help="dense checkpoint directory")
+    p.add_argument("--experts", type=int, required=True, help="experts per MoE layer")
+    p.add_argument("--top-k", type=int, required=True, help="experts each token is routed to")
+    p.add_argument("--granularity", type=int, default=1, help="cut the MLP into this many fine-grained experts (default 1: copies)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the router's random initialisation")
+    p.add_argument("--out", required=True, metavar="DST", help="output directory")
+    p.set_defaults(handler=_cmd_upcycle)
+
     p = subparsers.add_parser("export", help="export an hf_llmarch checkpoint to its native transformers model")
     p.add_argument("--to-hf", required=True, metavar="SRC", help="hf_llmarch checkpoint directory")
     p.add_argument("--out", required=True, metavar="DST", help="output directory")
     p.add_argument(
         "--target", metavar="MODEL_TYPE",
-        help="llama, mistral, qwen2, qwen3 or gpt2 (default: the type it was converted from, else the closest)",
+        help="llama, mistral, qwen2, qwen3, gpt2, mixtral or qwen3_moe (default: the type it was converted from, else the closest)",
     )
     p.set_defaults(handler=_cmd_export)
 

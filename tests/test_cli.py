@@ -17,7 +17,7 @@ from hf_llmarch.accounting import count_parameters
 from hf_llmarch.cli import _parse_overrides, main
 from hf_llmarch.compat import TESTED_TRANSFORMERS
 
-SUBCOMMANDS = ["list", "init", "info", "card", "env", "convert", "export", "demo", "bench"]
+SUBCOMMANDS = ["list", "init", "info", "card", "env", "convert", "upcycle", "export", "demo", "bench"]
 
 
 @pytest.fixture(scope="module")
