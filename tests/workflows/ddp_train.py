@@ -45,8 +45,3 @@ def main(out_dir: str, preset: str):
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
-    # Skip interpreter teardown: a gloo worker thread still alive during C++ static destruction can
-    # abort a rank ("terminate called without an active exception") after all its work is done.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
