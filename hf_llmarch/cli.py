@@ -189,6 +189,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_upcycle(args) -> int:
+    from .convert.checkpoint import copy_sidecar_files
     from .convert.upcycle import upcycle
 
     try:
@@ -196,15 +197,9 @@ def _cmd_upcycle(args) -> int:
     except ValueError as err:
         raise CliError(str(err)) from err
     model.save_pretrained(args.out)
-    _copy_tokenizer(args.src, args.out)
+    copy_sidecar_files(args.src, args.out)
     print(f"saved the upcycled {model.config.num_experts}-expert model to {args.out}")
     return 0
-
-
-def _copy_tokenizer(src: str, out: str):
-    from .convert.checkpoint import copy_sidecar_files
-
-    copy_sidecar_files(src, out)
 
 
 def _cmd_card(args) -> int:

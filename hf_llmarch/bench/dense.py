@@ -73,6 +73,14 @@ def _tokens_differing(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int | None
 
 
 @torch.no_grad()
+def checked_dense_pair(suite: str, s, device, res: dict):
+    """The dense pair on identical weights with its parity recorded in `res`: (ours, ref, the failed
+    result to return when the parity gate fails, else None)."""
+    ours, ref = dense_pair(s, device)
+    res["parity"], failures = dense_parity(ours, ref, s, device)
+    return ours, ref, parity_gate(suite, res, failures)
+
+
 def dense_parity(ours, ref, s, device) -> tuple[dict, list[str]]:
     """fp32 logits on a random batch within PARITY_TOL, and the same greedy continuation.
     Returns (the parity fields, one line per failed check saying by how much)."""
@@ -130,9 +138,8 @@ def bench_dense(s) -> dict:
         f"intermediate {s.intermediate}; train batch {s.batch} x seq {s.seq}; generate batch {s.batch}, "
         f"prompt {s.prompt}, {s.new_tokens} new tokens; {s.device}, {s.dtype}, median of {s.repeats}"
     )
-    ours, ref = dense_pair(s, device)
-    res["parity"], failures = dense_parity(ours, ref, s, device)
-    if failed := parity_gate("dense", res, failures):
+    ours, ref, failed = checked_dense_pair("dense", s, device, res)
+    if failed:
         return failed
     models = {"ours": ours.to(dtype), "transformers": ref.to(dtype)}
     calls = {name: dense_calls(m, s, device) for name, m in models.items()}

@@ -7,8 +7,8 @@ import argparse
 import torch
 
 from .. import compat
-from .dense import dense_calls, dense_pair, dense_parity
-from .harness import count_ops, interleave, median, parity_gate, train_step
+from .dense import checked_dense_pair, dense_calls
+from .harness import count_ops, interleave, median, train_step
 from .report import metric
 from .settings import pick
 
@@ -45,9 +45,8 @@ def bench_overhead(s) -> dict:
         f"negligible, so this measures dispatch and Python. aten ops counted with a TorchDispatchMode; generate batch 1, "
         f"prompt {t.prompt}, {t.new_tokens} new tokens, {s.attn}, {s.device}, fp32, median of {s.repeats}"
     )
-    ours, ref = dense_pair(t, device)
-    res["parity"], failures = dense_parity(ours, ref, t, device)
-    if failed := parity_gate("overhead", res, failures):
+    ours, ref, failed = checked_dense_pair("overhead", t, device, res)
+    if failed:
         return failed
     models = {"ours": ours, "transformers": ref}
     ops = {what: {n: count_ops(_overhead_calls(m, t, device)[what]) for n, m in models.items()} for what in ("decode", "train")}
