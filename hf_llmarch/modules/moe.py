@@ -56,7 +56,6 @@ class MoEFeedForward(nn.Module):
         )
         self.last_tokens_per_expert: torch.Tensor | None = None
         self.last_dropped_tokens: torch.Tensor | None = None
-        self.last_load_entropy: torch.Tensor | None = None
         self.last_losses: dict[str, torch.Tensor] = {}
 
     @staticmethod
@@ -67,6 +66,11 @@ class MoEFeedForward(nn.Module):
     @property
     def last_load_balancing_loss(self) -> torch.Tensor | None:
         return self.last_losses.get("load_balancing")
+
+    @property
+    def last_load_entropy(self) -> torch.Tensor | None:
+        """Derived when read (the Trainer's logging), not in every forward: decode steps skip it."""
+        return None if self.last_tokens_per_expert is None else load_entropy(self.last_tokens_per_expert)
 
     @property
     def last_z_loss(self) -> torch.Tensor | None:
@@ -105,7 +109,6 @@ class MoEFeedForward(nn.Module):
 
         self.last_tokens_per_expert = aux.tokens_per_expert.detach()
         self.last_dropped_tokens = aux.dropped_tokens.detach()
-        self.last_load_entropy = load_entropy(self.last_tokens_per_expert)
         if not compute_losses:
             return out, None
         self.last_losses = {name: loss.detach() for name, loss in aux.losses.items()}
