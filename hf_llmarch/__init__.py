@@ -23,7 +23,8 @@ from .presets import list_presets, load_preset
 __version__ = "0.1.0"
 logger = logging.getLogger("hf_llmarch")
 
-# LoRA on every projection a mixer or dense FFN has; routed experts are 3D parameters and stay frozen.
+# LoRA on every projection a mixer, dense FFN or shared expert has. Routed experts are 3D parameters and
+# stay frozen unless asked for: `LoraConfig(target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])`.
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "g_proj", "gate_proj", "up_proj", "down_proj"]
 
 

@@ -79,8 +79,9 @@ def _mixer_params(config, mixer: str) -> Params:
     return _MIXER_PARAMS[mixer](config)
 
 
-def _dense_ffn_params(config) -> Params:
-    h, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+def _dense_ffn_params(config, inner: int | None = None) -> Params:
+    """A dense MLP `inner` wide (default config.intermediate_size)."""
+    h, inner, bias = config.hidden_size, inner or config.intermediate_size, config.mlp_bias
     up = [_linear(h, inner, bias)] * (2 if config.mlp_gated else 1)  # gate_proj + up_proj, or up_proj
     return _add(*up, _linear(inner, h, bias))
 
@@ -94,12 +95,20 @@ def _router_params(config) -> Params:
     return _add(_linear(h, e), extra)
 
 
+def _shared_expert_params(config) -> Params:
+    """The shared expert MLP and its [1, H] gate; every token uses them, so they count as active."""
+    if not config.shared_expert_intermediate_size:
+        return (0, 0)
+    gate = _linear(config.hidden_size, 1) if config.shared_expert_gate else (0, 0)
+    return _add(_dense_ffn_params(config, config.shared_expert_intermediate_size), gate)
+
+
 def _layer_counts(config) -> dict:
     """Parameter counts of the decoder stack, split by component, with matmul/other kept apart."""
     h, e, k = config.hidden_size, config.num_experts, config.num_experts_per_tok
     per_expert = 3 * h * config.moe_intermediate_size  # gate_up [2I, H] + down [H, I]
     mixers: dict[str, Params] = {}
-    dense = experts = experts_active = router = (0, 0)
+    dense = experts = experts_active = router = shared_experts = (0, 0)
     norms = _norm_params(config)  # final norm
     for mixer, ffn in zip(config.mixer_types, config.ffn_types):
         mixers[mixer] = _add(mixers.get(mixer, (0, 0)), _mixer_params(config, mixer))
@@ -109,6 +118,7 @@ def _layer_counts(config) -> dict:
         norms += _norm_params(config)  # post_attention_layernorm
         if ffn == "moe":
             router = _add(router, _router_params(config))
+            shared_experts = _add(shared_experts, _shared_expert_params(config))
             experts = _add(experts, (e * per_expert, 0))
             experts_active = _add(experts_active, (k * per_expert, 0))
         else:
@@ -118,6 +128,7 @@ def _layer_counts(config) -> dict:
         "dense_ffn": dense,
         "moe_experts": experts,
         "moe_experts_active": experts_active,
+        "moe_shared": shared_experts,
         "router": router,
         "norms": norms,
     }
@@ -128,7 +139,7 @@ def count_parameters(config) -> dict:
 
     `total` equals `sum(p.numel() for p in model.parameters())` (tied weights once).
     `active` is what one token touches: every parameter except the routed experts it is not sent
-    to (num_experts_per_tok of num_experts count per MoE layer; the router counts fully). As is
+    to (num_experts_per_tok of num_experts count per MoE layer; the router and shared experts count fully). As is
     customary, the whole embedding table counts as active.
     """
     layers = _layer_counts(config)
@@ -138,7 +149,7 @@ def count_parameters(config) -> dict:
     lm_head = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
     mixers = {name: sum(p) for name, p in layers["mixers"].items()}
     shared = embeddings + lm_head + sum(mixers.values()) + sum(layers["dense_ffn"]) + sum(layers["router"])
-    shared += layers["norms"]
+    shared += sum(layers["moe_shared"]) + layers["norms"]
     return {
         "total": shared + sum(layers["moe_experts"]),
         "active": shared + sum(layers["moe_experts_active"]),
@@ -148,6 +159,7 @@ def count_parameters(config) -> dict:
         "dense_ffn": sum(layers["dense_ffn"]),
         "moe_experts": sum(layers["moe_experts"]),
         "moe_experts_active": sum(layers["moe_experts_active"]),
+        "moe_shared": sum(layers["moe_shared"]),
         "router": sum(layers["router"]),
         "norms": layers["norms"],
     }
@@ -165,7 +177,7 @@ def flops_per_token(config, context: int) -> dict:
         forward = 2 * M + sum_attention_layers 4 * n_kv(layer) * num_heads * head_dim + sum_recurrent S
 
     * M: active matmul weights, i.e. the weight matrices of every projection, FFN, router and the
-      active experts, plus the LM head (vocab x hidden, a matmul even when tied). The embedding
+      active and shared experts, plus the LM head (vocab x hidden, a matmul even when tied). The embedding
       lookup, biases and norm weights are not matmuls and are left out.
     * n_kv: keys attended, `context` for full attention, min(context, sliding_window) for sliding
       layers; 4 = 2 (q·k) + 2 (weights·v) FLOPs per key per head dimension.
@@ -177,7 +189,7 @@ def flops_per_token(config, context: int) -> dict:
         raise ValueError(f"context={context} must be a positive number of tokens")
     layers = _layer_counts(config)
     matmul = sum(p[0] for p in layers["mixers"].values()) + layers["dense_ffn"][0]
-    matmul += layers["router"][0] + layers["moe_experts_active"][0] + config.vocab_size * config.hidden_size
+    matmul += layers["router"][0] + layers["moe_experts_active"][0] + layers["moe_shared"][0] + config.vocab_size * config.hidden_size
     attention = state = 0
     for mixer, layer_type in zip(config.mixer_types, config.layer_types):
         if mixer in _MIXER_STATE:
@@ -289,6 +301,7 @@ def format_summary(summary: dict) -> str:
         *((f"  mixer {name}", _human(n)) for name, n in params["mixers"].items()),
         ("  dense FFN", _human(params["dense_ffn"])),
         ("  MoE experts (active)", f"{_human(params['moe_experts'])} ({_human(params['moe_experts_active'])})"),
+        *((("  MoE shared experts", _human(params["moe_shared"])),) if params["moe_shared"] else ()),
         ("  router / norms", f"{_human(params['router'])} / {_human(params['norms'])}"),
         (f"FLOPs/token @ {ctx}", f"{_human(flops['forward'])} forward, {_human(flops['training'])} training"),
         (f"cache @ {ctx} ({cache['dtype']})", f"{_human_bytes(cache['total_bytes'])} per sequence"),

@@ -96,6 +96,12 @@ class LlmArchConfig(PreTrainedConfig):
     router_load_loss_coef: float | None = None
     router_seq_aux_loss_coef: float | None = None
     bias_update_rate: float | None = None
+    # Shared experts (Qwen2-MoE, DeepSeekMoE): a dense MLP of this width that every token of an MoE
+    # layer passes through beside its routed experts; None = none. DeepSeek's n_shared_experts
+    # experts of width I are one MLP of width n * I. `shared_expert_gate` scales the shared output
+    # per token by sigmoid(w . x), as Qwen2-MoE does.
+    shared_expert_intermediate_size: int | None = None
+    shared_expert_gate: bool = False
 
     retention_num_heads: int | None = None
     retention_value_factor: int = 2  # value dim = factor * key dim, as in RetNet
@@ -165,8 +171,11 @@ class LlmArchConfig(PreTrainedConfig):
         plan = {}
         for mixer in dict.fromkeys(self.mixer_types):
             plan |= MIXER_TP_PLANS.get(mixer, {})
+        mlp_tp = GATED_MLP_TP if self.mlp_gated else PLAIN_MLP_TP
         if "mlp" in self.ffn_types:
-            plan |= GATED_MLP_TP if self.mlp_gated else PLAIN_MLP_TP
+            plan |= mlp_tp
+        if "moe" in self.ffn_types and self.shared_expert_intermediate_size:
+            plan |= {name.replace("mlp.", "mlp.shared_expert.", 1): style for name, style in mlp_tp.items()}
         return {f"layers.*.{name}": style for name, style in plan.items()}
 
     def _expert_parallel_plan(self) -> dict[str, str] | None:
@@ -265,6 +274,13 @@ class LlmArchConfig(PreTrainedConfig):
             raise ValueError(
                 f"num_experts_per_tok={self.num_experts_per_tok} is larger than num_experts={self.num_experts}: "
                 f"a token cannot be routed to more experts than exist; lower num_experts_per_tok to at most {self.num_experts}"
+            )
+        if self.shared_expert_intermediate_size is not None:
+            _positive(self, "shared_expert_intermediate_size")
+        elif self.shared_expert_gate:
+            raise ValueError(
+                "shared_expert_gate=True needs a shared expert to gate: set shared_expert_intermediate_size "
+                "(the shared MLP's width), or leave shared_expert_gate False"
             )
         # The router fields (router_type, capacity_factor, n_group, ...) belong to the MoE block: it fills
         # their defaults and checks them. Imported lazily so the config module loads no modeling code.

@@ -12,8 +12,12 @@ FAMILY_CONFIGS = {
     "gpt2": ("gpt2-tiny", dict(TINY, layer_pattern="(attn/mlp)x2", num_key_value_heads=4)),
     "mistral": ("llama-tiny", dict(TINY, layer_pattern="attn/mlp swa/mlp", sliding_window=4)),
     "hybrid": ("hybrid-tiny", dict(TINY, moe_intermediate_size=64, layer_pattern="retention/moe attn/mlp retention/moe attn/mlp")),
-    # First-k-dense then routed layers (Qwen3-MoE style, fine-grained experts, QK-norm).
-    "moe": ("qwen3-moe-tiny", dict(TINY, moe_intermediate_size=32, layer_pattern="attn/mlp attn/moe")),
+    # First-k-dense then routed layers (Qwen3-MoE style, fine-grained experts, QK-norm) with a gated
+    # shared expert (Qwen2-MoE style); the hybrid family covers routed layers without one.
+    "moe": (
+        "qwen3-moe-tiny",
+        dict(TINY, moe_intermediate_size=32, layer_pattern="attn/mlp attn/moe", shared_expert_intermediate_size=48, shared_expert_gate=True),
+    ),
     # No attention layer: positions and cache length come from the backbone's own token count.
     "retnet": ("hybrid-tiny", dict(TINY, layer_pattern="(retention/mlp)x2")),
 }
@@ -62,6 +66,23 @@ def train(model, tmp_path, steps=40, **args) -> list[float]:
 def tiny_config(family: str, **overrides):
     preset, fields = FAMILY_CONFIGS[family]
     return hf_llmarch.load_preset(preset, **{**fields, **overrides})
+
+
+def moe_block_config(**overrides):
+    """The fields an MoE block reads, without a whole model config; the block's validate hook fills
+    the router defaults as the real config does."""
+    from types import SimpleNamespace
+
+    from hf_llmarch.modules.moe import MoEFeedForward
+
+    fields = dict(
+        hidden_size=16, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+        hidden_act="silu", router_aux_loss_coef=0.01, router_z_loss_coef=0.001, moe_impl="auto",
+        shared_expert_intermediate_size=None, shared_expert_gate=False, mlp_gated=True, mlp_bias=False,
+    )
+    cfg = SimpleNamespace(**(fields | overrides))
+    MoEFeedForward.validate(cfg)
+    return cfg
 
 
 def tiny_model(family: str, seed: int = 0, **overrides):

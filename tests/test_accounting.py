@@ -82,6 +82,17 @@ def test_lm_head_counts_only_when_untied():
     assert untied["total"] - tied["total"] == 258 * 128
 
 
+def test_shared_expert_counts_as_active_by_hand():
+    config = hf_llmarch.load_preset("qwen2-moe-tiny")
+    counted = count_parameters(config)
+    per_layer = 3 * 128 * 128 + 128  # gate/up/down [128, 128] + the [1, 128] gate
+    assert counted["moe_shared"] == 3 * per_layer
+    routed_idle = 3 * (8 - 2) * 3 * 128 * 64  # 3 MoE layers, 6 idle experts each
+    assert counted["active"] == counted["total"] - routed_idle
+    with torch.device("meta"):
+        assert counted["total"] == AutoModelForCausalLM.from_config(config).num_parameters()
+
+
 def test_moe_active_parameters_by_hand():
     counted = count_parameters(CONFIGS["moe"])
     per_expert = 3 * 32 * 16  # gate_up [2*16, 32] + down [32, 16]
@@ -98,7 +109,7 @@ def test_moe_active_parameters_by_hand():
     "preset,total",
     [
         ("llama3-8b", 8_030_261_248), ("mistral-7b", 7_241_732_096), ("qwen2-0.5b", 494_032_768), ("gpt2-small", 124_439_808),
-        ("mixtral-8x7b", 46_702_792_704), ("qwen3-moe-30b-a3b", 30_532_122_624),
+        ("mixtral-8x7b", 46_702_792_704), ("qwen3-moe-30b-a3b", 30_532_122_624), ("qwen2-moe-a2.7b", 14_315_784_192),
     ],
 )
 def test_real_shapes_match_published_counts(preset, total):
@@ -106,11 +117,17 @@ def test_real_shapes_match_published_counts(preset, total):
 
 
 @pytest.mark.parametrize(
-    "preset,target,active", [("mixtral-8x7b", "mixtral", 12_879_925_248), ("qwen3-moe-30b-a3b", "qwen3_moe", 3_353_032_704)]
+    "preset,target,active",
+    [
+        ("mixtral-8x7b", "mixtral", 12_879_925_248),
+        ("qwen3-moe-30b-a3b", "qwen3_moe", 3_353_032_704),
+        ("qwen2-moe-a2.7b", "qwen2_moe", 2_689_173_504),
+    ],
 )
 def test_moe_presets_match_the_native_model(preset, target, active):
     """Total equals the native transformers model's num_parameters() (built weightless on meta);
-    active counts top-k of E experts per layer (Mixtral's published 12.9B, Qwen3's 3.3B)."""
+    active counts top-k of E experts per layer plus any shared expert (Mixtral's published 12.9B,
+    Qwen3's 3.3B, Qwen1.5-MoE's 2.7B)."""
     from transformers.initialization import no_init_weights
 
     from hf_llmarch.convert import ADAPTERS

@@ -1,7 +1,7 @@
 """Conversion between native transformers causal LMs and our families.
 
 `from_hf` takes a llama / mistral / qwen2 / qwen3 / gpt2 checkpoint (to `llmarch_dense`) or a
-mixtral / qwen3_moe one (to `llmarch_moe`), as a directory or an in-memory model, and returns our
+mixtral / qwen2_moe / qwen3_moe one (to `llmarch_moe`), as a directory or an in-memory model, and returns our
 model with the same logits; `to_hf` goes back. The per-source adapters (`llama.py`, `gpt2.py`,
 `moe.py`) map configs and state dicts and name the family they convert to (`OURS`); this module
 checks that every tensor is consumed and builds the target model. `save_from_hf` / `save_to_hf`
@@ -23,7 +23,8 @@ from .checkpoint import CheckpointError, TensorSource, copy_sidecar_files, read_
 logger = logging.getLogger(__name__)
 
 ADAPTERS = {
-    "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2, "mixtral": moe, "qwen3_moe": moe,
+    "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2, "mixtral": moe, "qwen2_moe": moe,
+    "qwen3_moe": moe,
 }
 HEAD_KEY = "lm_head.weight"
 OUR_EMBED_KEY = "model.embed_tokens.weight"
@@ -39,7 +40,7 @@ def _adapter(model_type: str | None):
 
 def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchForCausalLM:
     """A native causal LM (directory or model) as ours: `LlmArchDenseForCausalLM` for llama / mistral /
-    qwen2 / qwen3 / gpt2, `LlmArchMoeForCausalLM` for mixtral / qwen3_moe.
+    qwen2 / qwen3 / gpt2, `LlmArchMoeForCausalLM` for mixtral / qwen2_moe / qwen3_moe.
 
     `dtype=None` keeps the dtype the weights are stored in."""
     native_config, src, attn = _open_native(path_or_model)
@@ -56,7 +57,7 @@ def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchFor
 
 def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
     """Our causal LM (model or directory) as a native LlamaForCausalLM / MistralForCausalLM /
-    Qwen2ForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel / MixtralForCausalLM / Qwen3MoeForCausalLM. `target` defaults to the model type it was converted
+    Qwen2ForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel / MixtralForCausalLM / Qwen2MoeForCausalLM / Qwen3MoeForCausalLM. `target` defaults to the model type it was converted
     from, else to `infer_target`. Raises a ValueError naming the field the target cannot express."""
     model = _load_ours(model_or_path)
     config = model.config
@@ -76,10 +77,12 @@ def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
 
 
 def infer_target(config) -> str:
-    """The native family closest to our config: MoE layers -> qwen3_moe with QK-norm or dense
-    layers, else mixtral; learned positions + LayerNorm -> gpt2; QK-norm -> qwen3; q/k/v bias
+    """The native family closest to our config: MoE layers -> qwen2_moe with a shared expert,
+    qwen3_moe with QK-norm or dense layers, else mixtral; learned positions + LayerNorm -> gpt2; QK-norm -> qwen3; q/k/v bias
     without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a mix); else llama."""
     if "moe" in config.ffn_types:
+        if config.shared_expert_intermediate_size:
+            return "qwen2_moe"
         return "qwen3_moe" if config.qk_norm or "mlp" in config.ffn_types else "mixtral"
     if config.position_embedding_type == "learned" and config.norm_type == "layernorm":
         return "gpt2"

@@ -41,6 +41,7 @@ _FIXED = {
     "mistral": {"qk_norm": False, "attention_bias": False, "attention_out_bias": False, "mlp_bias": False},
     "qwen2": {"qk_norm": False, "attention_bias": True, "attention_out_bias": False, "mlp_bias": False},
     "qwen3": {"qk_norm": True, "mlp_bias": False},
+    "qwen2_moe": {"qk_norm": False, "attention_out_bias": False, "mlp_bias": False},  # q/k/v bias: `qkv_bias`
 }
 _COMMON = {"norm_type": "rmsnorm", "position_embedding_type": "rope", "mlp_gated": True}
 
@@ -96,7 +97,12 @@ def _mixers_from_hf(cfg) -> list[str]:
         return ["attn"] * n
     if cfg.model_type == "mistral":
         return ["attn" if cfg.sliding_window is None else "swa"] * n
-    # Qwen2/3 configs derive layer_types from use_sliding_window / max_window_layers when not given.
+    return mixers_from_layer_types(cfg)
+
+
+def mixers_from_layer_types(cfg) -> list[str]:
+    """Our mixers from a native `layer_types` (Qwen2/3 and Qwen2-MoE derive it from use_sliding_window /
+    max_window_layers when not given)."""
     layer_types = list(cfg.layer_types)
     if "sliding_attention" in layer_types and cfg.sliding_window is None:
         raise ValueError(
@@ -128,23 +134,28 @@ def check_expressible(config, target: str):
 
 def config_to_hf(config, target: str):
     kwargs = common_config_kwargs(config)
-    n = config.num_hidden_layers
     swa = [m == "swa" for m in config.mixer_types]
     if target == "llama":
         kwargs.update(attention_bias=config.attention_bias, mlp_bias=config.mlp_bias)
     elif target == "mistral":
         kwargs.update(sliding_window=config.sliding_window if any(swa) else None)
     if target in PER_LAYER_WINDOWS:
-        # Explicit layer_types win over max_window_layers; the latter is set only to agree with them.
-        kwargs.update(
-            use_sliding_window=any(swa),
-            sliding_window=config.sliding_window if any(swa) else None,
-            max_window_layers=swa.index(True) if any(swa) else n,
-            layer_types=["sliding_attention" if s else "full_attention" for s in swa],
-        )
+        kwargs.update(per_layer_windows(config))
     if target == "qwen3":
         kwargs.update(attention_bias=config.attention_bias)
     return NATIVE_CLASSES[target][0](**kwargs)
+
+
+def per_layer_windows(config) -> dict:
+    """Qwen2-style window fields for our mixers. Explicit layer_types win over max_window_layers; the
+    latter is set only to agree with them."""
+    swa = [m == "swa" for m in config.mixer_types]
+    return dict(
+        use_sliding_window=any(swa),
+        sliding_window=config.sliding_window if any(swa) else None,
+        max_window_layers=swa.index(True) if any(swa) else config.num_hidden_layers,
+        layer_types=["sliding_attention" if s else "full_attention" for s in swa],
+    )
 
 
 def common_config_kwargs(config) -> dict:

@@ -63,6 +63,15 @@ class LlmArchPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True  # tests/workflows: static-cache decode compiles with fullgraph=True
     _can_record_outputs = {"hidden_states": LlmArchBlock, "attentions": LlmArchAttention}
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
+        for module in model.modules():
+            if isinstance(module, MoEExperts):
+                module.realign_()
+        return loaded
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, MoEExperts):

@@ -30,5 +30,6 @@ class PlainMLP(nn.Module):
         return self.down_proj(self.act_fn(self.up_proj(x)))
 
 
-def build_mlp(config) -> nn.Module:
-    return GatedMLP(config) if config.mlp_gated else PlainMLP(config)
+def build_mlp(config, intermediate_size: int | None = None) -> nn.Module:
+    """The dense FFN of the config's kind, `intermediate_size` wide (default config.intermediate_size)."""
+    return (GatedMLP if config.mlp_gated else PlainMLP)(config, intermediate_size)

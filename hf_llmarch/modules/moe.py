@@ -1,5 +1,5 @@
-"""Sparse MoE feed-forward: a router chosen by `config.router_type` (see `routers.py`) and fused 3D
-expert weights. The default router is Mixtral's fp32 softmax top-k with the Switch/Mixtral
+"""Sparse MoE feed-forward: a router chosen by `config.router_type` (see `routers.py`), fused 3D
+expert weights and, optionally, a shared expert every token passes through (gated as in Qwen2-MoE). The default router is Mixtral's fp32 softmax top-k with the Switch/Mixtral
 load-balancing loss and the ST-MoE router z-loss."""
 
 import torch
@@ -9,6 +9,7 @@ from transformers import TrainerCallback
 from transformers.activations import ACT2FN
 
 from ..ops.moe import moe_experts, validate_moe_impl
+from .mlp import build_mlp
 from .router_stats import count_tokens_per_expert, load_entropy, router_losses
 from .routers import RouterOutput, build_router, validate_router_config
 
@@ -30,6 +31,15 @@ class MoEExperts(nn.Module):
         nn.init.normal_(self.gate_up_proj, mean=0.0, std=std)
         nn.init.normal_(self.down_proj, mean=0.0, std=std)
 
+    @torch.no_grad()
+    def realign_(self) -> None:
+        """Move CPU expert weights that sit off a 64-byte boundary into fresh storage. safetensors maps
+        tensors at 8-byte offsets, and CPU grouped_mm then takes another kernel whose rounding differs
+        (~3e-8), so a reloaded model would not reproduce the saved one exactly."""
+        for param in (self.gate_up_proj, self.down_proj):
+            if param.device.type == "cpu" and param.data_ptr() % 64:
+                param.data = param.data.clone()
+
     def forward(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
         """x [N, H]; topk_idx, topk_weight [N, k] -> [N, H]."""
         if getattr(self, "_is_expert_parallel", False):
@@ -40,7 +50,8 @@ class MoEExperts(nn.Module):
 
 
 class MoEFeedForward(nn.Module):
-    """Top-k routed FFN. forward returns (out, aux_loss) and records per-layer router statistics:
+    """Top-k routed FFN, plus the shared expert when the config has one (a token the router drops still
+    gets it). forward returns (out, aux_loss) and records per-layer router statistics:
     `last_tokens_per_expert` (int64 [E]), `last_dropped_tokens`, `last_load_entropy` and, when the aux
     loss is computed, `last_losses` (unweighted, by name)."""
 
@@ -54,6 +65,9 @@ class MoEFeedForward(nn.Module):
         self.experts = MoEExperts(
             self.num_experts, config.hidden_size, config.moe_intermediate_size, config.hidden_act, config.moe_impl
         )
+        shared_size = config.shared_expert_intermediate_size
+        self.shared_expert = build_mlp(config, shared_size) if shared_size else None
+        self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False) if config.shared_expert_gate else None
         self.last_tokens_per_expert: torch.Tensor | None = None
         self.last_dropped_tokens: torch.Tensor | None = None
         self.last_losses: dict[str, torch.Tensor] = {}
@@ -105,7 +119,10 @@ class MoEFeedForward(nn.Module):
         compute_losses = self.training or torch.is_grad_enabled()
         seq_shape = tuple(hidden_states.shape[:2]) if hidden_states.dim() == 3 else None  # (B, T)
         topk_idx, topk_weight, aux = self.route(x, token_mask, seq_shape, compute_losses)
-        out = self.experts(x, topk_idx, topk_weight).view_as(hidden_states)
+        out = self.experts(x, topk_idx, topk_weight)  # [N, H]
+        if self.shared_expert is not None:
+            out = out + self._shared_output(x)
+        out = out.view_as(hidden_states)
 
         self.last_tokens_per_expert = aux.tokens_per_expert.detach()
         self.last_dropped_tokens = aux.dropped_tokens.detach()
@@ -114,6 +131,14 @@ class MoEFeedForward(nn.Module):
         self.last_losses = {name: loss.detach() for name, loss in aux.losses.items()}
         coefs = self.router.loss_coefs
         return out, sum(coefs[name] * loss for name, loss in aux.losses.items())
+
+
+    def _shared_output(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, H] -> [N, H]: the shared expert, scaled per token by its sigmoid gate when there is one."""
+        shared = self.shared_expert(x)
+        if self.shared_expert_gate is None:
+            return shared
+        return torch.sigmoid(self.shared_expert_gate(x)) * shared
 
 
 class MoEStatsCallback(TrainerCallback):

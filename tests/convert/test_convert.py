@@ -18,6 +18,8 @@ from transformers import (
     MixtralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
@@ -72,6 +74,20 @@ CASES = {
         Qwen3MoeConfig(
             **SMALL, num_key_value_heads=1, num_experts=3, num_experts_per_tok=3, moe_intermediate_size=16,
             decoder_sparse_step=2, norm_topk_prob=True, tie_word_embeddings=True,
+        )
+    ),
+    "qwen2_moe_shared_dense_first_mixed_swa": lambda: Qwen2MoeForCausalLM(
+        Qwen2MoeConfig(
+            **SMALL, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+            shared_expert_intermediate_size=48, mlp_only_layers=[0], norm_topk_prob=False,
+            use_sliding_window=True, sliding_window=4, max_window_layers=2,
+        )
+    ),
+    "qwen2_moe_no_qkv_bias_sparse_step_tied": lambda: Qwen2MoeForCausalLM(
+        Qwen2MoeConfig(
+            **{**SMALL, "num_hidden_layers": 4}, num_key_value_heads=1, num_experts=3, num_experts_per_tok=1,
+            moe_intermediate_size=16, shared_expert_intermediate_size=24, decoder_sparse_step=2, norm_topk_prob=True,
+            qkv_bias=False, tie_word_embeddings=True,
         )
     ),
     "gpt2": lambda: GPT2LMHeadModel(
@@ -306,6 +322,33 @@ def test_expert_count_that_disagrees_with_the_checkpoint_is_named(tmp_path, expe
     # Fewer experts leave experts.3 unread; more ask for experts.4 (or a router row) that is not there.
     with pytest.raises(CheckpointError, match=r"experts\.[34]|gate\.weight"):
         from_hf(tmp_path)
+
+
+def test_qwen2_moe_shared_expert_and_layers_map():
+    config = from_hf(_native("qwen2_moe_shared_dense_first_mixed_swa")).config
+    assert config.ffn_types == ["mlp", "moe"] and config.mixer_types == ["swa", "attn"]
+    assert (config.shared_expert_intermediate_size, config.shared_expert_gate) == (48, True)
+    assert config.attention_bias and not config.norm_topk_prob
+    sparse_step = from_hf(_native("qwen2_moe_no_qkv_bias_sparse_step_tied")).config
+    assert sparse_step.ffn_types == ["mlp", "moe", "mlp", "moe"] and not sparse_step.attention_bias
+    assert infer_target(config) == "qwen2_moe"
+
+
+@pytest.mark.parametrize(
+    "case, edit, target, match",
+    [
+        ("qwen2_moe_shared_dense_first_mixed_swa", {}, "qwen3_moe", "shared_expert_intermediate_size=48 cannot"),
+        ("qwen3_moe_dense_first_unnormalised", {}, "qwen2_moe", "qwen2_moe has a gated shared expert"),
+        ("qwen2_moe_shared_dense_first_mixed_swa", {"shared_expert_gate": False}, "qwen2_moe", "shared_expert_gate=False"),
+        ("qwen2_moe_shared_dense_first_mixed_swa", {"qk_norm": True}, "qwen2_moe", "qk_norm"),
+    ],
+)
+def test_shared_expert_the_target_cannot_express_is_refused(case, edit, target, match):
+    ours = from_hf(_native(case))
+    for field, value in edit.items():
+        setattr(ours.config, field, value)
+    with pytest.raises(ValueError, match=match):
+        to_hf(ours, target=target)
 
 
 def test_moe_router_the_target_lacks_is_refused():

@@ -98,3 +98,31 @@ def test_grouped_mm_probe_inside_activation_checkpoint():
     ids = torch.randint(0, 250, (2, 16))
     model(ids, labels=ids).loss.backward()
     assert grouped._probe_cache and model.model.layers[0].mlp.gate.weight.grad is not None
+
+
+def test_lora_defaults_cover_shared_experts_and_experts_join_when_asked():
+    """Default targets: attention, dense MLPs and the shared expert, not the routed experts (3D
+    weights) or the router. peft's `target_parameters` adds the experts: they train and merge."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model("moe")
+    wrapped = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, init_lora_weights=False))
+    lora_modules = {name.split("model.layers.")[-1] for name, m in wrapped.named_modules() if hasattr(m, "lora_A")}
+    assert {f"1.mlp.shared_expert.{p}_proj" for p in ("gate", "up", "down")} <= lora_modules
+    assert {"0.mlp.gate_proj", "1.self_attn.q_proj"} <= lora_modules
+    assert not any("experts" in n or n.endswith(("mlp.gate", "shared_expert_gate")) for n in lora_modules)
+
+    model = tiny_model("moe")
+    experts = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    config = LoraConfig(task_type="CAUSAL_LM", r=4, init_lora_weights=False, target_modules=["q_proj"], target_parameters=experts)
+    peft_model = get_peft_model(model, config)
+    ids = torch.randint(0, 250, (2, 10))
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    expert_lora = {n: p for n, p in peft_model.named_parameters() if p.requires_grad and "experts" in n}
+    assert len(expert_lora) == 4 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in expert_lora.values())
+    with torch.no_grad():
+        adapted = peft_model(input_ids=ids).logits
+        before = model.model.layers[1].mlp.experts.base_layer.base_layer.gate_up_proj.detach().clone()
+        merged = peft_model.merge_and_unload()
+        assert not torch.equal(merged.model.layers[1].mlp.experts.gate_up_proj, before)
+        torch.testing.assert_close(merged(ids).logits, adapted, atol=1e-5, rtol=1e-4)

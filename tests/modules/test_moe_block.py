@@ -1,35 +1,17 @@
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import moe_block_config
 from transformers import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock, load_balancing_loss_func
 
 from hf_llmarch.modules.moe import MoEFeedForward, router_losses
 
 
-def moe_config(**overrides):
-    cfg = dict(
-        hidden_size=16,
-        moe_intermediate_size=32,
-        num_experts=4,
-        num_experts_per_tok=2,
-        norm_topk_prob=True,
-        hidden_act="silu",
-        router_aux_loss_coef=0.01,
-        router_z_loss_coef=0.001,
-        moe_impl="auto",
-    )
-    cfg.update(overrides)
-    cfg = SimpleNamespace(**cfg)
-    MoEFeedForward.validate(cfg)  # fills the router fields' defaults, as the real config does
-    return cfg
-
-
 def make_block(seed=0, **overrides):
     torch.manual_seed(seed)
-    block = MoEFeedForward(moe_config(**overrides))
+    block = MoEFeedForward(moe_block_config(**overrides))
     block.experts.reset_parameters(std=0.2)
     return block
 
@@ -159,7 +141,7 @@ def test_bf16_block_keeps_fp32_router():
 
 def test_bad_impl_raises():
     with pytest.raises(ValueError, match="'fast'"):
-        MoEFeedForward(moe_config(moe_impl="fast"))
+        MoEFeedForward(moe_block_config(moe_impl="fast"))
 
 
 def test_torch_compile_matches_eager():
@@ -175,3 +157,50 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(aux, ref_aux, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(block.last_tokens_per_expert, ref_tpe)
+
+
+@pytest.mark.parametrize("impl", ["naive", "grouped"])
+def test_matches_qwen2_moe_block_with_gated_shared_expert(impl):
+    from transformers import Qwen2MoeConfig
+    from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
+
+    block = make_block(norm_topk_prob=False, shared_expert_intermediate_size=24, shared_expert_gate=True, moe_impl=impl)
+    cfg = Qwen2MoeConfig(
+        hidden_size=16, moe_intermediate_size=32, shared_expert_intermediate_size=24, num_experts=4,
+        num_experts_per_tok=2, norm_topk_prob=False,
+    )
+    ref = Qwen2MoeSparseMoeBlock(cfg)
+    ref.load_state_dict(block.state_dict(), strict=False)
+    assert set(ref.state_dict()) == set(block.state_dict())  # every tensor, shared expert and its gate included
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(block(x)[0], ref(x), atol=1e-6, rtol=1e-5)
+
+
+def test_shared_expert_output_by_hand_and_for_dropped_tokens():
+    """out = routed + sigmoid(w . x) * MLP(x); a token Switch drops gets the shared part alone."""
+    block = make_block(
+        router_type="switch", num_experts_per_tok=1, capacity_factor=0.25, shared_expert_intermediate_size=8,
+        shared_expert_gate=True,
+    )
+    routeless = make_block(router_type="switch", num_experts_per_tok=1, capacity_factor=0.25)
+    routeless.load_state_dict(block.state_dict(), strict=False)
+    x = torch.randn(1, 8, 16)
+    out, _ = block(x)
+    mlp = block.shared_expert
+    by_hand = torch.sigmoid(x @ block.shared_expert_gate.weight.T) * mlp.down_proj(
+        torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x)
+    )
+    routed, _ = routeless(x)
+    torch.testing.assert_close(out, routed + by_hand)
+    dropped = routed.abs().sum(-1) == 0  # [1, 8]: Switch's capacity drops these
+    assert block.last_dropped_tokens > 0 and dropped.any()
+    torch.testing.assert_close(out[dropped], by_hand[dropped])
+
+
+def test_shared_expert_gate_without_shared_expert_is_refused():
+    from hf_llmarch.models.moe import LlmArchMoeConfig
+
+    with pytest.raises(ValueError, match="shared_expert_gate=True needs a shared expert"):
+        LlmArchMoeConfig(shared_expert_gate=True)
+    with pytest.raises(ValueError, match="shared_expert_intermediate_size=0"):
+        LlmArchMoeConfig(shared_expert_intermediate_size=0)

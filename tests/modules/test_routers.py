@@ -2,10 +2,9 @@
 callback, gradients, the router config fields (errors and save/load)."""
 
 import math
-from types import SimpleNamespace
-
 import pytest
 import torch
+from conftest import moe_block_config
 
 from hf_llmarch.models.dense import LlmArchDenseConfig
 from hf_llmarch.modules.moe import MoEFeedForward, MoEStatsCallback
@@ -13,13 +12,7 @@ from hf_llmarch.modules.routers import BiasUpdateCallback, DeepSeekRouter, build
 
 
 def config(**overrides):
-    cfg = dict(
-        hidden_size=2, moe_intermediate_size=4, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
-        hidden_act="silu", router_aux_loss_coef=0.01, router_z_loss_coef=0.001, moe_impl="naive",
-    )
-    cfg = SimpleNamespace(**(cfg | overrides))
-    MoEFeedForward.validate(cfg)
-    return cfg
+    return moe_block_config(**{"hidden_size": 2, "moe_intermediate_size": 4, "moe_impl": "naive", **overrides})
 
 
 def route(router, logits, x=None, real=None, seq_shape=None):
