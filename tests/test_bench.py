@@ -52,15 +52,44 @@ def test_dense_suite(tmp_path, capsys):
 
 
 def test_moe_suite(tmp_path):
-    res = _run(tmp_path, "moe", "--no-memory")
+    res = _run(tmp_path, "moe")
     if res["status"] == "skipped":
         pytest.skip(res["reason"])
     assert res["status"] == "ok"
-    assert res["parity"]["passed"] is True
-    assert res["parity"]["max_rel_output_diff"] <= res["parity"]["tolerance"]
-    assert res["parity"]["max_rel_input_grad_diff"] <= res["parity"]["tolerance"]
-    _check_metrics(res, ["ours", "mixtral-eager", "mixtral-grouped_mm"])
-    assert len(res["metrics"]) == 2
+    parity = res["parity"]
+    assert parity["passed"] is True
+    for field in ("max_rel_output_diff", "max_rel_input_grad_diff", "max_abs_logit_diff"):
+        assert parity[field] <= parity["tolerance"], field
+    assert parity["greedy_tokens_equal"] is True and parity["greedy_tokens_differing"] == 0
+    refs = ["mixtral-eager", "mixtral-grouped_mm", "qwen3_moe-grouped_mm"]  # grouped_mm: transformers' default
+    _check_metrics(res, ["ours", *refs, "MixtralForCausalLM"])
+    metrics, raw = res["metrics"], res["raw"]
+    model_rows = ["model train tokens/s", "model decode tokens/s", "model train peak memory", "model decode peak memory"]
+    block_rows = [f"block fwd+bwd {what} vs {ref}" for what in ("tokens/s", "peak memory") for ref in refs]
+    assert list(metrics) == [*block_rows, *model_rows]
+    # Every number is recomputed from the raw times and bytes, every ratio from its two values.
+    block_s, block_bytes = raw["block_fwd_bwd_s"], raw["block_peak_bytes"]
+    for ref in refs:
+        speed, memory = metrics[f"block fwd+bwd tokens/s vs {ref}"], metrics[f"block fwd+bwd peak memory vs {ref}"]
+        for name in ("ours", ref):
+            assert len(block_s[name]) == QUICK["repeats"]
+            assert speed["values"][name] == pytest.approx(QUICK["moe_tokens"] / statistics.median(block_s[name]))
+            assert memory["values"][name] is None or memory["values"][name] == pytest.approx(block_bytes[name] / 2**20)
+        assert speed["ratio"] == pytest.approx(speed["values"]["ours"] / speed["values"][ref])
+        assert speed["goal"] == ">= 1.0" and memory["goal"] == "<= 1.05"
+    train_tokens, decode_tokens = QUICK["batch"] * QUICK["seq"], QUICK["batch"] * QUICK["new_tokens"]
+    for name in ("ours", "MixtralForCausalLM"):
+        assert metrics["model train tokens/s"]["values"][name] == pytest.approx(
+            train_tokens / statistics.median(raw["model_train_s"][name])
+        )
+        assert metrics["model decode tokens/s"]["values"][name] == pytest.approx(
+            decode_tokens / statistics.median(raw["model_decode_s"][name])
+        )
+        for what in ("train", "decode"):
+            peak = raw["model_peak_bytes"][what][name]
+            assert metrics[f"model {what} peak memory"]["values"][name] == (None if peak is None else pytest.approx(peak / 2**20))
+    for row in model_rows:
+        assert metrics[row]["ratio_of"] == "ours/MixtralForCausalLM"
 
 
 def test_hybrid_suite(tmp_path):
@@ -159,8 +188,16 @@ def _scale_our_moe_output(monkeypatch):
             id="overhead-greedy",
         ),
         pytest.param(
-            "moe", _scale_our_moe_output, "output: max_rel_output_diff vs mixtral-",
-            {"max_rel_output_diff": 0.01 / 1.01}, id="moe-output",
+            "moe", _scale_our_moe_output, "block output: max_rel_output_diff vs ",
+            {"max_rel_output_diff": 0.01 / 1.01}, id="moe-block-output",
+        ),
+        pytest.param(
+            "moe", _bump_our_logits, "model logits: max_abs_logit_diff 0.01 > tolerance 0.0001",
+            {"max_abs_logit_diff": 0.01, "max_rel_output_diff": 0.0}, id="moe-model-logits",
+        ),
+        pytest.param(
+            "moe", _flip_our_last_greedy_token, "model greedy tokens: 1 of 4 new tokens differ, first at new token 3",
+            {"greedy_tokens_differing": 1, "max_abs_logit_diff": 0.0}, id="moe-model-greedy",
         ),
     ],
 )

@@ -8,13 +8,17 @@ machine noise hits every model alike; every reported number is the median over r
 * overhead: the same pair at a tiny width: aten ops and host time per step.
 * hybrid:   a retention/attention hybrid vs a dense model vs a retention-only model of the same
             width and depth: forward+backward tokens/s and per-token decode time at several contexts.
-* moe:      our `MoEFeedForward` vs transformers' `MixtralSparseMoeBlock` (same weights):
-            forward+backward tokens/s.
+* moe:      the block: our `MoEFeedForward` vs transformers' `MixtralSparseMoeBlock` (eager and
+            grouped_mm experts) and `Qwen3MoeSparseMoeBlock` (its default experts path), same
+            weights: forward+backward tokens/s and peak memory (`moe`); the model: `llmarch_moe`
+            converted from a `MixtralForCausalLM` with `from_hf`: training tokens/s (LM loss plus
+            load-balancing loss), greedy `generate` tokens/s and peak memory (`moe_model`).
 
 A suite that compares ours with a transformers model reports a speed only once parity holds (fp32
-logits within tolerance and equal greedy tokens; for moe, outputs and input gradients): otherwise
+logits within tolerance and equal greedy tokens; for the moe block, outputs and input gradients;
+the moe suite checks block and model before timing either): otherwise
 it fails, says which check failed by how much, and `run` returns 1. Peak memory: see `harness`.
-Speed is measured here, never in unit tests. One module per suite; `harness` times and measures,
+Speed is measured here, never in unit tests. One module per suite (moe: `moe` and `moe_model`); `harness` times and measures,
 `report` formats, `settings` holds the flags.
 """
 

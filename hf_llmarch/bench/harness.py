@@ -135,14 +135,15 @@ def rss_growth(fn) -> int:
     return (_proc_status_kb("VmHWM") - base) * 1024
 
 
-def cpu_peaks(suite: str, jobs: list[dict], worker) -> list[int | None]:
+def cpu_peaks(suite: str, jobs: list[dict], worker, preload: tuple[str, ...] = ()) -> list[int | None]:
     """`worker(job)` per job, each in its own process forked from a forkserver that has already
-    imported us; `worker` is a module-level function returning bytes (pickled by name)."""
+    imported us (and `preload`, if this process starts the forkserver); `worker` is a module-level
+    function returning bytes (pickled by name)."""
     if not (sys.platform.startswith("linux") and os.access("/proc/self/clear_refs", os.W_OK)):
         log.info(f"[{suite}] peak RSS needs Linux /proc/self/clear_refs: memory reported as n/a")
         return [None] * len(jobs)
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["hf_llmarch.bench", "transformers.models.llama.modeling_llama"])
+    ctx.set_forkserver_preload(["hf_llmarch.bench", "transformers.models.llama.modeling_llama", *preload])
     peaks = []
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1) as pool:
         for job in jobs:
