@@ -34,8 +34,8 @@ class LlmArchBlock(GradientCheckpointingLayer):
 
         `attention_mask` is the mask for this layer's type (4D for attention, 2D for recurrent
         mixers); `token_mask` [B, T] marks real tokens for the MoE router statistics;
-        `sequence_starts` [B, T] marks packed-sequence starts for recurrent mixers (attention
-        gets the same boundaries inside its mask)."""
+        `sequence_starts` [B, T] marks packed-sequence starts for recurrent mixers and sequence-wise
+        router losses (attention gets the same boundaries inside its mask)."""
         residual = hidden_states
         if sequence_starts is not None and self.layer_type == "linear_attention":
             kwargs["sequence_starts"] = sequence_starts
@@ -47,7 +47,7 @@ class LlmArchBlock(GradientCheckpointingLayer):
         residual = hidden_states
         hidden_states = self.post_attention_layernorm(hidden_states)
         if self.ffn_type == "moe":
-            hidden_states, aux_loss = self.mlp(hidden_states, token_mask)
+            hidden_states, aux_loss = self.mlp(hidden_states, token_mask, sequence_starts)
         else:
             hidden_states = self.mlp(hidden_states)
         return residual + self._drop(hidden_states), aux_loss

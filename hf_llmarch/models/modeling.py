@@ -98,6 +98,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         self.first_attention_layer = next((i for i, t in enumerate(config.layer_types) if t != "linear_attention"), None)
         self.has_recurrent_layers = "linear_attention" in config.layer_types
         self.needs_token_mask = self.has_recurrent_layers or "moe" in config.ffn_types
+        self.needs_sequence_starts = self.needs_token_mask
         self.post_init()
         _log_attention_path(config)
 
@@ -193,10 +194,10 @@ class LlmArchModel(LlmArchPreTrainedModel):
 
     def _sequence_starts(self, position_ids, attention_mask, cache, batch: int) -> torch.Tensor | None:
         """[B, T] bool, True where position_ids do not continue the previous token: the starts of
-        packed sequences, for recurrent mixers. None unless the stack has one and the call looks like
-        packed training (caller's position_ids, no padding mask, no cache passed in): transformers'
+        packed sequences, for recurrent mixers and sequence-wise router losses. None unless the stack
+        has either and the call looks like packed training (caller's position_ids, no padding mask, no cache passed in): transformers'
         rule for its packed attention mask, which reads no cache length, so compiled decode stays whole."""
-        if position_ids is None or attention_mask is not None or cache is not None or not self.has_recurrent_layers:
+        if position_ids is None or attention_mask is not None or cache is not None or not self.needs_sequence_starts:
             return None
         position_ids = position_ids.expand(batch, -1)
         return F.pad(position_ids[:, 1:] != position_ids[:, :-1] + 1, (1, 0))

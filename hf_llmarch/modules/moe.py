@@ -97,28 +97,31 @@ class MoEFeedForward(nn.Module):
             return F.linear(x.float(), self.gate.weight.float())
 
     def route(
-        self, x: torch.Tensor, token_mask: torch.Tensor | None = None, seq_shape: tuple[int, int] | None = None,
-        compute_losses: bool = True,
+        self, x: torch.Tensor, token_mask: torch.Tensor | None = None,
+        sequences: tuple[torch.Tensor, int] | None = None, compute_losses: bool = True,
     ) -> RouterOutput:
-        """x [N, H]; token_mask [N] (nonzero = real) or None; seq_shape (B, T) with B*T = N (default (1, N)).
-        Returns RouterOutput with topk_weight in x.dtype."""
+        """x [N, H]; token_mask [N] (nonzero = real) or None; sequences (ids [N], count) as `sequence_ids`
+        gives (default: one sequence). Returns RouterOutput with topk_weight in x.dtype."""
         n = x.shape[0]
         real = torch.ones(n, dtype=torch.bool, device=x.device) if token_mask is None else token_mask.reshape(n).bool()
-        out = self.router(x, self.router_logits(x), real, seq_shape or (1, n), compute_losses)
+        sequences = sequences or (torch.zeros(n, dtype=torch.long, device=x.device), 1)
+        out = self.router(x, self.router_logits(x), real, sequences, compute_losses)
         return out._replace(topk_weight=out.topk_weight.to(x.dtype))
 
     def forward(
-        self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None = None
+        self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None = None,
+        sequence_starts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states [B, T, H]; token_mask [B, T] (nonzero = real token) or None.
+        """hidden_states [B, T, H]; token_mask [B, T] (nonzero = real token) or None; sequence_starts [B, T]
+        bool marks where packed sequences start (None: each row is one sequence).
         Returns (out [B, T, H], aux_loss = sum of the router's coefficient * loss). The aux loss is computed
         in training mode or whenever autograd records; under `torch.no_grad()` in eval mode (inference,
         generate) it is None and only the statistics are updated."""
         x = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, H]
         # The aux loss is a training objective: pure inference (e.g. generate) skips it.
         compute_losses = self.training or torch.is_grad_enabled()
-        seq_shape = tuple(hidden_states.shape[:2]) if hidden_states.dim() == 3 else None  # (B, T)
-        topk_idx, topk_weight, aux = self.route(x, token_mask, seq_shape, compute_losses)
+        sequences = sequence_ids(hidden_states, sequence_starts) if hidden_states.dim() == 3 else None
+        topk_idx, topk_weight, aux = self.route(x, token_mask, sequences, compute_losses)
         out = self.experts(x, topk_idx, topk_weight)  # [N, H]
         if self.shared_expert is not None:
             out = out + self._shared_output(x)
@@ -139,6 +142,16 @@ class MoEFeedForward(nn.Module):
         if self.shared_expert_gate is None:
             return shared
         return torch.sigmoid(self.shared_expert_gate(x)) * shared
+
+
+def sequence_ids(hidden_states: torch.Tensor, sequence_starts: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """(ids [B*T] int64, count): the sequence of each token, for sequence-wise router losses. A row is one
+    sequence, or, packed, each start in `sequence_starts` [B, T] opens the next (ids stay below B*T)."""
+    b, t = hidden_states.shape[:2]
+    rows = torch.arange(b, device=hidden_states.device)[:, None]  # [B, 1]
+    if sequence_starts is None:
+        return rows.expand(b, t).reshape(-1), b
+    return (rows * t + sequence_starts.long().cumsum(-1)).reshape(-1), b * t
 
 
 class MoEStatsCallback(TrainerCallback):

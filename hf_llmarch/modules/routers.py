@@ -1,13 +1,14 @@
 """MoE routers, chosen by `config.router_type`. Each owns its config fields (defaults and checks).
 
-One interface: `router(x [N, H], logits [N, E] fp32, real [N] bool, seq_shape (B, T), compute_losses)`
+One interface: `router(x [N, H], logits [N, E] fp32, real [N] bool, sequences, compute_losses)`, where
+`sequences = (sequence_ids [N] int64, count)` says which sequence each token belongs to (a batch row, or
+a packed sequence inside one); only sequence-wise losses read it.
 returns `RouterOutput(topk_idx [N, k], topk_weight [N, k] fp32, aux)`. `logits` is `x @ gate.weight.T`
 from the MoE block's `gate` (kept there so checkpoints keep the Mixtral/DeepSeek key `mlp.gate.weight`).
 `aux.losses` holds unweighted scalar losses over real tokens only; `router.loss_coefs` weights them.
 Math and sources: reference/layers.md §1a.
 """
 
-import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -73,7 +74,7 @@ class SoftmaxTopKRouter(Router):
         super().__init__(config)
         self.norm_topk_prob = config.norm_topk_prob
 
-    def forward(self, x, logits, real, seq_shape, compute_losses=True) -> RouterOutput:
+    def forward(self, x, logits, real, sequences, compute_losses=True) -> RouterOutput:
         topk_weight, topk_idx = logits.softmax(dim=-1).topk(self.top_k, dim=-1)  # [N, k]
         if self.norm_topk_prob:
             topk_weight = topk_weight / topk_weight.sum(dim=-1, keepdim=True)
@@ -110,7 +111,7 @@ class NoisyTopKRouter(Router):
             "router_type='noisy_topk': its load estimator compares each expert with the k-th best of the others",
         )
 
-    def forward(self, x, logits, real, seq_shape, compute_losses=True) -> RouterOutput:
+    def forward(self, x, logits, real, sequences, compute_losses=True) -> RouterOutput:
         with torch.autocast(device_type=x.device.type, enabled=False):
             raw_std = F.linear(x.float(), self.noise.weight.float())  # [N, E]
         noise_std = self.router_noise * F.softplus(raw_std)  # [N, E]
@@ -158,10 +159,11 @@ class SwitchRouter(Router):
             "exactly one expert: set num_experts_per_tok=1",
         )
 
-    def capacity(self, n_real: int) -> int:
-        return math.ceil(self.capacity_factor * n_real / self.num_experts)
+    def capacity(self, n_real: torch.Tensor) -> torch.Tensor:
+        """ceil(capacity_factor * n_real / E), kept on the device: a host read would sync and break compile."""
+        return torch.ceil(self.capacity_factor * n_real / self.num_experts)
 
-    def forward(self, x, logits, real, seq_shape, compute_losses=True) -> RouterOutput:
+    def forward(self, x, logits, real, sequences, compute_losses=True) -> RouterOutput:
         topk_weight, topk_idx = logits.softmax(dim=-1).max(dim=-1, keepdim=True)  # [N, 1]
         kept = self._within_capacity(topk_idx[:, 0], real)  # [N]
         topk_weight = torch.where(kept[:, None], topk_weight, 0.0)
@@ -177,7 +179,7 @@ class SwitchRouter(Router):
         (they take no capacity, and their output is never used)."""
         onehot = F.one_hot(expert, self.num_experts) * real[:, None]  # [N, E]
         position = (onehot.cumsum(0) * onehot).sum(-1)  # [N] 1-based rank of each real token in its expert
-        return ~real | (position <= self.capacity(int(real.sum())))
+        return ~real | (position <= self.capacity(real.sum()))
 
 
 class HierarchicalRouter(Router):
@@ -205,7 +207,7 @@ class HierarchicalRouter(Router):
             f"of experts per group of at most {per_group} for router_type='hierarchical'",
         )
 
-    def forward(self, x, logits, real, seq_shape, compute_losses=True) -> RouterOutput:
+    def forward(self, x, logits, real, sequences, compute_losses=True) -> RouterOutput:
         n = logits.shape[0]
         with torch.autocast(device_type=x.device.type, enabled=False):
             group_logits = F.linear(x.float(), self.group_gate.weight.float())  # [N, G]
@@ -265,7 +267,7 @@ class DeepSeekRouter(Router):
             f"{config.topk_group} kept groups of {config.num_experts // config.n_group}: raise topk_group",
         )
 
-    def forward(self, x, logits, real, seq_shape, compute_losses=True) -> RouterOutput:
+    def forward(self, x, logits, real, sequences, compute_losses=True) -> RouterOutput:
         scores = logits.sigmoid()  # [N, E]
         topk_idx = self.select(scores)  # [N, k]
         topk_weight = scores.gather(1, topk_idx)  # unbiased: the bias steers selection only
@@ -279,7 +281,7 @@ class DeepSeekRouter(Router):
             self.load_since_update += tokens_per_expert.detach()
         aux = RouterAux(tokens_per_expert, _no_drops(x.device))
         if compute_losses:
-            aux.losses = {"seq_balance": self.sequence_balance_loss(scores, topk_idx, real, seq_shape)}
+            aux.losses = {"seq_balance": self.sequence_balance_loss(scores, topk_idx, real, sequences)}
         return RouterOutput(topk_idx, topk_weight, aux)
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
@@ -293,18 +295,21 @@ class DeepSeekRouter(Router):
             biased = grouped.masked_fill(~keep[..., None], float("-inf")).view_as(biased)
         return biased.topk(self.top_k, dim=-1).indices
 
-    def sequence_balance_loss(self, scores, topk_idx, real, seq_shape) -> torch.Tensor:
-        b, t = seq_shape
-        real = real.view(b, t)
-        selected = torch.zeros_like(scores).scatter(1, topk_idx, 1.0).view(b, t, -1)  # [B, T, E]
-        normed = (scores / scores.sum(-1, keepdim=True)).view(b, t, -1)  # s' [B, T, E]
-        n_real = real.sum(-1).clamp_min(1).float()  # [B]
-        counts = torch.where(real[..., None], selected, 0.0).sum(1)  # [B, E]
-        f = self.num_experts / (self.top_k * n_real[:, None]) * counts  # [B, E]
-        p = torch.where(real[..., None], normed, 0.0).sum(1) / n_real[:, None]  # [B, E]
-        per_seq = (f * p).sum(-1)  # [B]
-        has_real = real.any(-1)
-        return torch.where(has_real, per_seq, 0.0).sum() / has_real.sum().clamp_min(1)
+    def sequence_balance_loss(self, scores, topk_idx, real, sequences) -> torch.Tensor:
+        """Mean over sequences with real tokens of sum_i f_i P_i, each sequence's statistics summed by id."""
+        ids, count = sequences  # [N], S
+        keep = real[:, None].float()  # [N, 1]
+        selected = torch.zeros_like(scores).scatter(1, topk_idx, 1.0) * keep  # [N, E]
+        normed = scores / scores.sum(-1, keepdim=True) * keep  # s' [N, E]
+        zeros = scores.new_zeros(count, self.num_experts)  # [S, E]
+        counts = zeros.index_add(0, ids, selected)  # [S, E]
+        p_sum = zeros.index_add(0, ids, normed)  # [S, E]
+        n_real = scores.new_zeros(count).index_add(0, ids, keep[:, 0])  # [S]
+        n = n_real.clamp_min(1)[:, None]
+        f = self.num_experts / (self.top_k * n) * counts  # [S, E]
+        loss = (f * p_sum / n).sum(-1)  # [S]
+        has_real = n_real > 0
+        return torch.where(has_real, loss, 0.0).sum() / has_real.sum().clamp_min(1)
 
     @torch.no_grad()
     def update_bias(self, gamma: float | None = None) -> None:

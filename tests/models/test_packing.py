@@ -33,12 +33,6 @@ def test_packed_loss_equals_padded_loss(family):
     model = tiny_model(family, router_aux_loss_coef=0.0, router_z_loss_coef=0.0).train()
     sequences = _sequences(seed=1)
     packed = DataCollatorWithFlattening()([{"input_ids": s} for s in sequences])
-    width = max(LENGTHS)
-    ids = torch.zeros(len(sequences), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, s in enumerate(sequences):
-        ids[row, : len(s)], mask[row, : len(s)] = torch.tensor(s), 1
-    labels = ids.masked_fill(mask == 0, -100)
 
     def loss_and_grads(**batch):
         model.zero_grad()
@@ -47,10 +41,29 @@ def test_packed_loss_equals_padded_loss(family):
         return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     loss_packed, grads_packed = loss_and_grads(**packed)
-    loss_padded, grads_padded = loss_and_grads(input_ids=ids, attention_mask=mask, labels=labels)
+    loss_padded, grads_padded = loss_and_grads(**_padded(sequences))
     torch.testing.assert_close(loss_packed, loss_padded, atol=1e-5, rtol=1e-5)
     for a, b in zip(grads_packed, grads_padded, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _padded(sequences) -> dict:
+    """The sequences as a right-padded batch with its mask and labels."""
+    ids = torch.zeros(len(sequences), max(LENGTHS), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(sequences):
+        ids[row, : len(s)], mask[row, : len(s)] = torch.tensor(s), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+def test_sequence_wise_router_loss_counts_each_packed_sequence():
+    """DeepSeek's balance loss is a mean over sequences: a packed row holds three, as the padded batch."""
+    model = tiny_model("moe", router_type="deepseek", router_seq_aux_loss_coef=1.0, router_z_loss_coef=0.0).train()
+    sequences = _sequences(seed=3)
+    packed = DataCollatorWithFlattening()([{"input_ids": s} for s in sequences])
+    aux_packed = model(**packed).aux_loss
+    aux_padded = model(**_padded(sequences)).aux_loss
+    torch.testing.assert_close(aux_packed, aux_padded, atol=1e-6, rtol=1e-5)
 
 
 def test_filled_cache_is_not_taken_for_packing():

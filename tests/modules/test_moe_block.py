@@ -204,3 +204,16 @@ def test_shared_expert_gate_without_shared_expert_is_refused():
         LlmArchMoeConfig(shared_expert_gate=True)
     with pytest.raises(ValueError, match="shared_expert_intermediate_size=0"):
         LlmArchMoeConfig(shared_expert_intermediate_size=0)
+
+
+def test_switch_capacity_compiles_into_one_graph():
+    """Switch routing with drops compiles whole (fullgraph) and matches eager. The capacity stays on the
+    device, so on a GPU no step waits for the real-token count to reach the host."""
+    torch._dynamo.reset()
+    block = make_block(router_type="switch", num_experts_per_tok=1, capacity_factor=0.5, moe_impl="grouped")
+    x, token_mask = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    ref_out, ref_aux = block(x, token_mask)
+    assert block.last_dropped_tokens > 0
+    out, aux = torch.compile(block, backend="aot_eager", fullgraph=True)(x, token_mask)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(aux, ref_aux, rtol=1e-5, atol=1e-6)

@@ -15,11 +15,12 @@ def config(**overrides):
     return moe_block_config(**{"hidden_size": 2, "moe_intermediate_size": 4, "moe_impl": "naive", **overrides})
 
 
-def route(router, logits, x=None, real=None, seq_shape=None):
+def route(router, logits, x=None, real=None, sequence_ids=None):
     n = logits.shape[0]
     x = torch.zeros(n, 2) if x is None else x
     real = torch.ones(n, dtype=torch.bool) if real is None else torch.tensor(real, dtype=torch.bool)
-    return router(x, logits, real, seq_shape or (1, n), True)
+    ids = torch.zeros(n, dtype=torch.long) if sequence_ids is None else torch.tensor(sequence_ids)
+    return router(x, logits, real, (ids, int(ids.max()) + 1), True)
 
 
 def phi(z: float) -> float:
@@ -103,7 +104,7 @@ def test_switch_capacity_drops_in_token_order():
     block = switch_block().train()
     x = torch.tensor([[2.0, 0], [1, 0], [3, 0], [0, 1], [1.5, 0], [1, 0]])  # prefers expert 0 except token 3
     mask = torch.tensor([[1, 0, 1, 1, 1, 1]])  # token 1 is padding: it takes no capacity
-    assert block.router.capacity(5) == 3  # ceil(1.0 * 5 / 2)
+    assert block.router.capacity(torch.tensor(5)) == 3  # ceil(1.0 * 5 / 2)
     out, aux = block(x[None], mask)
     idx, weight, _ = block.route(x, mask)
     assert idx[:, 0].tolist() == [0, 0, 0, 1, 0, 0]
@@ -128,7 +129,7 @@ def test_switch_capacity_drops_in_token_order():
     assert logs["moe/0/load_entropy"] == pytest.approx(entropy) and "moe/0/z" in logs
 
     block(x[None])  # without the mask the padded token is real and takes a place: two drops
-    assert block.last_dropped_tokens.item() == 2 and switch_block(1.25).router.capacity(6) == 4
+    assert block.last_dropped_tokens.item() == 2 and switch_block(1.25).router.capacity(torch.tensor(6)) == 4
 
 
 def test_hierarchical_hand():
@@ -182,7 +183,7 @@ def test_deepseek_bias_steers_selection_only():
 def test_deepseek_sequence_balance_loss_hand():
     router = deepseek_router(n_group=1, topk_group=1, num_experts_per_tok=1)
     real = [True, True, True, False]  # sequence 1 has one real token
-    out = route(router, torch.logit(SCORES), real=real, seq_shape=(2, 2))
+    out = route(router, torch.logit(SCORES), real=real, sequence_ids=[0, 0, 1, 1])
     assert out.topk_idx[:3, 0].tolist() == [0, 2, 1]
     loss = 0.0
     for tokens in ([0, 1], [2]):
