@@ -1,0 +1,105 @@
+"""Mamba-1 selective scan: h_t = exp(dt_t A) h_{t-1} + (dt_t x_t) B_t, y_t = h_t . C_t + D x_t.
+
+Shapes: x, dt [B, T, D] (dt after softplus, 0 at pads = identity step); A [D, N] (negative, fp32);
+B, C [B, T, N]; D [D] or None; state [B, D, N]. Forms: "naive" (token loop, the oracle), "chunk"
+(pure torch, linear in T) and "cuda" (mamba_ssm's fused kernel: no initial state, no resets).
+All return (y [B, T, D] in x's dtype, final_state [B, D, N] in fp32, fp64 for fp64 inputs).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+
+from .naive import selective_scan_naive, selective_scan_step
+
+__all__ = [
+    "resolve_selective_scan_mode",
+    "selective_scan",
+    "selective_scan_naive",
+    "selective_scan_step",
+]
+
+logger = logging.getLogger("hf_llmarch")
+
+MODE_ENV_VAR = "LLMARCH_SELECTIVE_SCAN_MODE"
+VALID_MODES = ("auto", "chunk", "naive", "cuda")
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_logged_paths: set[str] = set()
+
+
+def _check_mode(mode, source):
+    if mode not in VALID_MODES:
+        valid = ", ".join(VALID_MODES)
+        raise ValueError(f"unknown selective scan mode {mode!r} (from {source}); valid modes: {valid}")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_kernel():
+    """mamba_ssm's selective_scan_fn, or None when the optional extra (or its compiled ext) is missing."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except (ImportError, OSError):
+        return None
+    return selective_scan_fn
+
+
+def _cuda_blocker(x, initial_state, reset) -> str | None:
+    """Why the fused kernel cannot run these inputs, or None when it can."""
+    if initial_state is not None or reset is not None:
+        return "the kernel takes no initial_state and no reset"
+    if not x.is_cuda:
+        return "the tensors are not on CUDA"
+    if x.dtype not in _KERNEL_DTYPES:
+        return f"the kernel does not support {x.dtype}"
+    if _cuda_kernel() is None:
+        return "mamba_ssm (with its compiled selective_scan_cuda) is not importable"
+    return None
+
+
+def resolve_selective_scan_mode(mode: str, x, initial_state=None, reset=None) -> str:
+    """Concrete mode for `selective_scan`; LLMARCH_SELECTIVE_SCAN_MODE overrides "auto".
+    "auto" takes the fused kernel when it can run these inputs, else "chunk"."""
+    _check_mode(mode, "mode argument")
+    if mode == "auto":
+        env = os.environ.get(MODE_ENV_VAR, "").strip()
+        if env:
+            _check_mode(env, MODE_ENV_VAR)
+            mode = env
+    if mode == "auto":
+        return "chunk" if _cuda_blocker(x, initial_state, reset) else "cuda"
+    if mode == "cuda":
+        blocker = _cuda_blocker(x, initial_state, reset)
+        if blocker:
+            raise RuntimeError(f"selective scan mode 'cuda' was requested but {blocker}; use 'auto' or 'chunk'")
+    return mode
+
+
+def _scan_cuda(x, dt, A, B, C, D):
+    """The fused kernel wants [B, D, T] activations, B/C [B, N, T] in x's dtype, fp32 A and D."""
+    y, state = _cuda_kernel()(
+        x.transpose(1, 2),
+        dt.to(x.dtype).transpose(1, 2),
+        A.float(),
+        B.to(x.dtype).transpose(1, 2),
+        C.to(x.dtype).transpose(1, 2),
+        None if D is None else D.float(),
+        return_last_state=True,
+    )
+    return y.transpose(1, 2).to(x.dtype), state.float()
+
+
+def selective_scan(x, dt, A, B, C, D=None, *, initial_state=None, reset=None, mode="auto", chunk_size=16):
+    """Dispatch to one selective-scan form; see the module docstring for shapes. `reset` [B, T] bool
+    marks where a packed sequence starts: the state is zeroed before that token is absorbed."""
+    mode = resolve_selective_scan_mode(mode, x, initial_state, reset)
+    if mode not in _logged_paths:
+        logger.info("selective scan: using the %s path", {"cuda": "mamba_ssm fused CUDA kernel"}.get(mode, f"pure-torch {mode}"))
+        _logged_paths.add(mode)
+    if mode == "cuda":
+        return _scan_cuda(x, dt, A, B, C, D)
+    # The chunk form lands in the next commit; until then it runs the oracle.
+    return selective_scan_naive(x, dt, A, B, C, D, initial_state, reset)
