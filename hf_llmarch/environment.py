@@ -11,13 +11,15 @@ import os
 import platform
 
 import torch
+import torch.nn.functional as F
 import transformers
 from packaging.version import Version
 
 from . import __version__
 from .compat import TESTED_TRANSFORMERS
 from .configuration import LlmArchConfig
-from .ops.moe import grouped_mm_usable, resolve_moe_impl
+from .ops.moe import moe_path_label, pick_moe_impl, resolve_moe_impl
+from .ops.moe.grouped import FEW_PAIRS
 from .ops.retention import resolve_retention_mode
 
 PACKAGES = ("peft", "accelerate", "trl", "triton", "safetensors")
@@ -101,20 +103,22 @@ def _retention_paths() -> dict:
 
 
 def _moe_paths() -> dict:
-    """The experts impl `moe_impl="auto"` picks; for grouped, whether its GEMMs use grouped_mm per dtype."""
+    """The experts path `moe_impl="auto"` takes for a prefill-sized call, per dtype, as the op's own
+    picker decides it (on CUDA that may be Triton where grouped_mm cannot run)."""
     try:
         impl = resolve_moe_impl("auto")
     except ValueError as err:  # a bad LLMARCH_MOE_IMPL
         return {"auto": f"error: {err}"}
-    if impl != "grouped":
-        return {"auto": impl}
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    # Shapes aligned as grouped_mm needs (16-byte rows); misaligned model shapes fall back to slices.
-    gemm = {}
+    pairs = FEW_PAIRS + 1  # beyond the decode-sized per-pair path
+    paths = {}
     for name, dtype in MOE_DTYPES.items():
-        x, gate_up, down = (torch.zeros(s, device=device, dtype=dtype) for s in ((1, 16), (2, 32, 16), (2, 16, 16)))
-        gemm[name] = "grouped_mm" if grouped_mm_usable(x, gate_up, down) else "per-expert slices"
-    return {"auto": impl, "device": device, "gemm": gemm}
+        # Shapes aligned as grouped_mm needs (16-byte rows); misaligned model shapes fall back to slices.
+        x, gate_up, down = (torch.zeros(s, device=device, dtype=dtype) for s in ((pairs, 16), (2, 32, 16), (2, 16, 16)))
+        idx = torch.zeros(pairs, 1, dtype=torch.long, device=device)
+        picked = pick_moe_impl("auto", x, idx, gate_up, down, F.silu)
+        paths[name] = moe_path_label(picked, x, gate_up, down)
+    return {"auto": impl, "device": device, "paths": paths}
 
 
 def format_report(info: dict) -> str:
@@ -149,7 +153,6 @@ def _format_retention(retention: dict) -> str:
 
 
 def _format_moe(moe: dict) -> str:
-    if "gemm" not in moe:
+    if "paths" not in moe:
         return moe["auto"]
-    gemm = ", ".join(f"{dtype}: {path}" for dtype, path in moe["gemm"].items())
-    return f"{moe['auto']} on {moe['device']} ({gemm})"
+    return "; ".join(f"{dtype}: {path}" for dtype, path in moe["paths"].items())

@@ -195,8 +195,8 @@ def test_env_moe_path_is_what_moe_experts_runs(env_impl, dtype, monkeypatch, cap
     if env_impl:
         monkeypatch.setenv("LLMARCH_MOE_IMPL", env_impl)
     moe = environment.collect()["paths"]["moe"]
-    device, torch_dtype = moe.get("device", "cpu"), environment.MOE_DTYPES[dtype]
-    expected = f"grouped ({moe['gemm'][dtype]}, {device}, {torch_dtype})" if moe["auto"] == "grouped" else moe["auto"]
+    device, torch_dtype = moe["device"], environment.MOE_DTYPES[dtype]
+    expected = moe["paths"][dtype]
     monkeypatch.setattr(moe_ops, "_logged", set())  # the op logs its path once per (impl, device, dtype)
     caplog.set_level(logging.INFO, logger="hf_llmarch")
     x, weight = (torch.rand(32, n, device=device, dtype=torch_dtype) for n in (16, 2))
@@ -204,6 +204,13 @@ def test_env_moe_path_is_what_moe_experts_runs(env_impl, dtype, monkeypatch, cap
     idx = torch.randint(0, 4, (32, 2), device=device)
     moe_ops.moe_experts(x, idx, weight, gate_up, down, torch.nn.functional.silu)
     assert f"hf_llmarch MoE experts path: {expected}" in caplog.messages
+
+
+def test_env_reports_the_triton_pick_the_op_would_make(monkeypatch):
+    """On CUDA, "auto" runs Triton per call where grouped_mm cannot; env asks the op's own picker."""
+    monkeypatch.setattr(moe_ops, "_auto_picks_triton", lambda *args: True)
+    paths = environment.collect()["paths"]["moe"]["paths"]
+    assert all(path.startswith("triton (") for path in paths.values()), paths
 
 
 def test_card_for_a_checkpoint_goes_into_its_readme(tiny_checkpoint, tmp_path):

@@ -44,7 +44,17 @@ def _auto_picks_triton(x, topk_idx, gate_up_proj, down_proj, act_fn) -> bool:
     )
 
 
-def _path_label(impl: str, x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor) -> str:
+def pick_moe_impl(impl: str, x, topk_idx, gate_up_proj, down_proj, act_fn) -> str:
+    """The impl moe_experts runs for these tensors: `resolve_moe_impl`, then, for "auto" without the env
+    var, Triton on CUDA where grouped_mm is unusable (`llmarch env` asks this same function)."""
+    resolved = resolve_moe_impl(impl)
+    if impl == "auto" and not os.environ.get("LLMARCH_MOE_IMPL"):
+        if _auto_picks_triton(x, topk_idx, gate_up_proj, down_proj, act_fn):
+            return "triton"
+    return resolved
+
+
+def moe_path_label(impl: str, x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor) -> str:
     """The one log line's description of the path impl takes for these tensors."""
     if impl == "grouped":
         gemm = "grouped_mm" if grouped_mm_usable(x, gate_up_proj, down_proj) else "per-expert slices"
@@ -64,15 +74,11 @@ def moe_experts(
     impl: str = "auto",
 ) -> torch.Tensor:
     """x [N, H]; topk_idx/topk_weight [N, k]; gate_up_proj [E, 2I, H]; down_proj [E, H, I] -> [N, H]."""
-    requested = impl
-    impl = resolve_moe_impl(impl)
-    if requested == "auto" and not os.environ.get("LLMARCH_MOE_IMPL"):
-        if _auto_picks_triton(x, topk_idx, gate_up_proj, down_proj, act_fn):
-            impl = "triton"
+    impl = pick_moe_impl(impl, x, topk_idx, gate_up_proj, down_proj, act_fn)
     fn = {"naive": experts_naive, "grouped": experts_grouped, "triton": experts_triton}[impl]
     if not torch.compiler.is_compiling() and (impl, x.device.type, x.dtype) not in _logged:
         _logged.add((impl, x.device.type, x.dtype))
-        logger.info("hf_llmarch MoE experts path: %s", _path_label(impl, x, gate_up_proj, down_proj))
+        logger.info("hf_llmarch MoE experts path: %s", moe_path_label(impl, x, gate_up_proj, down_proj))
     return fn(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn)
 
 
@@ -83,6 +89,8 @@ __all__ = [
     "experts_triton",
     "grouped_mm_usable",
     "moe_experts",
+    "moe_path_label",
+    "pick_moe_impl",
     "resolve_moe_impl",
     "validate_moe_impl",
 ]
