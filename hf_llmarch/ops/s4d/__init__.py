@@ -1,0 +1,50 @@
+"""S4D: diagonal linear time-invariant SSM (Gu et al. 2022), M = N/2 complex modes per head.
+
+All forms compute s_t = dA * s_{t-1} + u_t, y_t = 2 Re(sum_m W_m s_t,m) + D u_t with u [B, T, H]
+real, dA, W [H, M] complex (from `s4d_discretize`), D [H] or None and a state [B, H, M] complex.
+They return (y [B, T, H] in u's dtype, final_state complex64, or complex128 for fp64 inputs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .naive import s4d_naive, s4d_step
+from .params import s4d_discretize, s4d_init
+
+__all__ = ["resolve_s4d_mode", "s4d_discretize", "s4d_init", "s4d_naive", "s4d_scan", "s4d_step"]
+
+logger = logging.getLogger("hf_llmarch")
+
+MODE_ENV_VAR = "LLMARCH_S4D_MODE"
+VALID_MODES = ("auto", "naive")
+_logged_path = False
+
+
+def _check_mode(mode, source):
+    if mode not in VALID_MODES:
+        valid = ", ".join(VALID_MODES)
+        raise ValueError(f"unknown s4d mode {mode!r} (from {source}); valid modes: {valid}")
+
+
+def resolve_s4d_mode(mode: str = "auto", reset=None) -> str:
+    """Concrete mode for `s4d_scan`; the env var LLMARCH_S4D_MODE overrides "auto"."""
+    _check_mode(mode, "mode argument")
+    if mode == "auto":
+        env = os.environ.get(MODE_ENV_VAR, "").strip()
+        if env:
+            _check_mode(env, MODE_ENV_VAR)
+            mode = env
+    return "naive" if mode == "auto" else mode
+
+
+def s4d_scan(u, dA, W, D=None, *, initial_state=None, reset=None, mode="auto"):
+    """Dispatch to one S4D form; see the module docstring for shapes. `reset` [B, T] bool marks
+    where a packed sequence starts (the state is zeroed before that token)."""
+    global _logged_path
+    mode = resolve_s4d_mode(mode, reset)
+    if not _logged_path:
+        logger.info("s4d: using the pure-torch %s path (no fused kernel installed)", mode)
+        _logged_path = True
+    return s4d_naive(u, dA, W, D, initial_state=initial_state, reset=reset)
