@@ -10,15 +10,26 @@ from __future__ import annotations
 import logging
 import os
 
+from .chunk import s4d_chunk
+from .fft import s4d_fft
 from .naive import s4d_naive, s4d_step
 from .params import s4d_discretize, s4d_init
 
-__all__ = ["resolve_s4d_mode", "s4d_discretize", "s4d_init", "s4d_naive", "s4d_scan", "s4d_step"]
+__all__ = [
+    "resolve_s4d_mode",
+    "s4d_chunk",
+    "s4d_discretize",
+    "s4d_fft",
+    "s4d_init",
+    "s4d_naive",
+    "s4d_scan",
+    "s4d_step",
+]
 
 logger = logging.getLogger("hf_llmarch")
 
 MODE_ENV_VAR = "LLMARCH_S4D_MODE"
-VALID_MODES = ("auto", "naive")
+VALID_MODES = ("auto", "fft", "chunk", "naive")
 _logged_path = False
 
 
@@ -29,17 +40,23 @@ def _check_mode(mode, source):
 
 
 def resolve_s4d_mode(mode: str = "auto", reset=None) -> str:
-    """Concrete mode for `s4d_scan`; the env var LLMARCH_S4D_MODE overrides "auto"."""
+    """Concrete mode for `s4d_scan`; the env var LLMARCH_S4D_MODE overrides "auto", which picks
+    "fft" without resets and "chunk" with them (a convolution cannot restart its state)."""
     _check_mode(mode, "mode argument")
+    source = "mode argument"
     if mode == "auto":
         env = os.environ.get(MODE_ENV_VAR, "").strip()
         if env:
             _check_mode(env, MODE_ENV_VAR)
-            mode = env
-    return "naive" if mode == "auto" else mode
+            mode, source = env, MODE_ENV_VAR
+    if mode == "auto":
+        return "fft" if reset is None else "chunk"
+    if mode == "fft" and reset is not None:
+        raise ValueError(f"s4d mode 'fft' (from {source}) cannot reset the state; use 'chunk' or 'naive' with reset")
+    return mode
 
 
-def s4d_scan(u, dA, W, D=None, *, initial_state=None, reset=None, mode="auto"):
+def s4d_scan(u, dA, W, D=None, *, initial_state=None, reset=None, mode="auto", chunk_size=64):
     """Dispatch to one S4D form; see the module docstring for shapes. `reset` [B, T] bool marks
     where a packed sequence starts (the state is zeroed before that token)."""
     global _logged_path
@@ -47,4 +64,8 @@ def s4d_scan(u, dA, W, D=None, *, initial_state=None, reset=None, mode="auto"):
     if not _logged_path:
         logger.info("s4d: using the pure-torch %s path (no fused kernel installed)", mode)
         _logged_path = True
+    if mode == "fft":
+        return s4d_fft(u, dA, W, D, initial_state=initial_state)
+    if mode == "chunk":
+        return s4d_chunk(u, dA, W, D, initial_state=initial_state, reset=reset, chunk_size=chunk_size)
     return s4d_naive(u, dA, W, D, initial_state=initial_state, reset=reset)

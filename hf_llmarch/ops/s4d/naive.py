@@ -25,13 +25,6 @@ def readout(s, W, u, D):
     return y if D is None else y + D * u
 
 
-def segment_ids(reset, batch: int, seq_len: int, device) -> torch.Tensor:
-    """[B, T] int: which packed sequence each token belongs to (0 = the one the initial state continues)."""
-    if reset is None:
-        return torch.zeros(batch, seq_len, dtype=torch.long, device=device)
-    return reset.long().cumsum(dim=1)
-
-
 def s4d_step(u, dA, W, D, state):
     """One token: u [B, H], state [B, H, M] complex (None = zeros). Returns (y [B, H] in u.dtype, new state)."""
     out_dtype = u.dtype
@@ -57,3 +50,11 @@ def s4d_naive(u, dA, W, D=None, *, initial_state=None, reset=None):
         ys.append(readout(state, W, u[:, t], D))
     y = torch.stack(ys, dim=1) if ys else u.new_zeros(B, 0, H)
     return y.to(out_dtype), state
+
+
+def powers(dA, start: int, length: int) -> torch.Tensor:
+    """dA^l for l = start .. start+length-1, as exp(l log dA): [H, M, length].
+    Any branch of the complex log gives the same integer powers, and exp(l z) needs no loop."""
+    z = torch.log(dA)
+    l = torch.arange(start, start + length, device=dA.device, dtype=z.real.dtype)
+    return torch.exp(z[..., None] * l)
