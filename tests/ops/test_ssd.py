@@ -251,3 +251,12 @@ def test_logs_path_once(monkeypatch, caplog):
     ssd_scan(*_inputs(5)[:6])
     msgs = [r.getMessage() for r in caplog.records if r.name == "hf_llmarch"]
     assert len(msgs) == 1 and msgs[0].startswith("ssd: using the chunk path"), msgs
+
+
+@pytest.mark.parametrize("mode", ["naive", "chunk", "auto"])
+def test_no_skip_term_equals_zero_D(mode):
+    x, dt, A, Bm, Cm, D, s0 = _inputs(1 if mode == "auto" else 9)
+    y, s = ssd_scan(x, dt, A, Bm, Cm, None, initial_state=s0, mode=mode, chunk_size=4)
+    y_ref, s_ref = ssd_naive(x, dt, A, Bm, Cm, torch.zeros_like(D), initial_state=s0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s, s_ref, rtol=1e-12, atol=1e-12)
