@@ -14,11 +14,13 @@ import os
 
 import torch
 
+from .chunk import selective_scan_chunk
 from .naive import selective_scan_naive, selective_scan_step
 
 __all__ = [
     "resolve_selective_scan_mode",
     "selective_scan",
+    "selective_scan_chunk",
     "selective_scan_naive",
     "selective_scan_step",
 ]
@@ -97,9 +99,11 @@ def selective_scan(x, dt, A, B, C, D=None, *, initial_state=None, reset=None, mo
     marks where a packed sequence starts: the state is zeroed before that token is absorbed."""
     mode = resolve_selective_scan_mode(mode, x, initial_state, reset)
     if mode not in _logged_paths:
-        logger.info("selective scan: using the %s path", {"cuda": "mamba_ssm fused CUDA kernel"}.get(mode, f"pure-torch {mode}"))
+        path = "mamba_ssm fused CUDA kernel" if mode == "cuda" else f"pure-torch {mode} form"
+        logger.info("selective scan: using the %s path", path)
         _logged_paths.add(mode)
     if mode == "cuda":
         return _scan_cuda(x, dt, A, B, C, D)
-    # The chunk form lands in the next commit; until then it runs the oracle.
+    if mode == "chunk":
+        return selective_scan_chunk(x, dt, A, B, C, D, initial_state, reset, chunk_size=chunk_size)
     return selective_scan_naive(x, dt, A, B, C, D, initial_state, reset)
