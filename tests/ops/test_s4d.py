@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import hf_llmarch.ops.s4d as s4d
-import hf_llmarch.ops.s4d.fft as s4d_fft_module
 from hf_llmarch.ops.s4d import (
     resolve_s4d_mode,
     s4d_chunk,
@@ -80,14 +79,6 @@ def test_forms_agree_fp64(T, use_s0, init):
         got = _run_with_grads(fn, params, u, s0)
         assert got[0].shape == (B, T, H) and got[1].shape == (B, H, M), name
         _assert_forms_match(ref, got, name)
-
-
-def test_fft_vandermonde_blocks(monkeypatch):
-    # Blocks of 5 tokens (H*M*5 elements): the kernel and the final state are stitched from 20 blocks.
-    monkeypatch.setattr(s4d_fft_module, "VANDERMONDE_BLOCK", H * M * 5)
-    params = _params()
-    u, s0 = _inputs(100)
-    _assert_forms_match(_run_with_grads(s4d_naive, params, u, s0), _run_with_grads(s4d_fft, params, u, s0), "fft")
 
 
 def _direct_conv(u, k):

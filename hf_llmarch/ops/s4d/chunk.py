@@ -39,7 +39,8 @@ def _pass_states(state, contrib, decay):
 
 
 def _chunked(u, reset, state, W, dA, L: int):
-    """Run u [B, N*L, H] in chunks of L tokens from `state` [B, H, M]; returns (y [B, N*L, H] without D u, final state)."""
+    """Run u [B, N*L, H] in chunks of L tokens from `state` [B, H, M].
+    Returns (y [B, N*L, H] without the D u term, final state [B, H, M])."""
     B, T, H = u.shape
     u = u.reshape(B, T // L, L, H)
     P = powers(dA, 0, L + 1)  # [H, M, L+1]

@@ -6,33 +6,32 @@ fp32/fp64: half-precision FFTs lose the kernel's tail. This form cannot reset th
 
 from __future__ import annotations
 
+import math
+
 import torch
-from torch.utils.checkpoint import checkpoint
+import torch.nn.functional as F
 
 from .naive import powers, prepare
 
-# Elements of one Vandermonde block [H, M, L]; blocks are recomputed in backward, so this bounds memory.
-VANDERMONDE_BLOCK = 2**22
+
+def _split_powers(dA, T: int):
+    """Writing l = q R + r with R = ceil(sqrt(T)): dA^l = high_q * low_r, so no [H, M, T] tensor is
+    ever built (nor saved for backward). Returns high [H, M, Q] = dA^(qR), low [H, M, R] = dA^r."""
+    R = math.isqrt(T - 1) + 1
+    return powers(dA, 0, -(-T // R), step=R), powers(dA, 0, R)
 
 
-def _vandermonde_block(dA, coef, x, start: int):
-    """For l in [start, start+L): kernels [G, H, L] = 2 Re sum_m coef_gm dA_m^l and the state
-    partial sum [B, H, M] = sum_l x_l dA^l. coef [G, H, M] complex; x [B, H, L] real."""
-    V = powers(dA, start, x.shape[-1])  # [H, M, L]
-    kernels = 2 * torch.einsum("ghm,hml->ghl", coef, V).real
-    return kernels, torch.einsum("bhl,hml->bhm", x.to(V.dtype), V)
+def _kernels(coef, high, low, T: int):
+    """[G, H, T] real: 2 Re sum_m coef_gm dA_m^l for coef [G, H, M], as matrix products over m."""
+    K = torch.einsum("ghmq,hmr->ghqr", coef[..., None] * high, low)  # [G, H, Q, R]
+    return 2 * K.flatten(2)[..., :T].real
 
 
-def _vandermonde(dA, coef, x):
-    """`_vandermonde_block` over all of x [B, H, T], in blocks of at most VANDERMONDE_BLOCK elements."""
-    T = x.shape[-1]
-    step = max(1, VANDERMONDE_BLOCK // dA.numel())
-    kernels, state = [], 0
-    for start in range(0, T, step):
-        k, s = checkpoint(_vandermonde_block, dA, coef, x[..., start : start + step], start, use_reentrant=False)
-        kernels.append(k)
-        state = state + s
-    return torch.cat(kernels, dim=-1), state
+def _transposed_vandermonde(x, high, low):
+    """[B, H, M] = sum_l x_l dA^l for x [B, H, T] real, split like `_kernels`."""
+    Q, R = high.shape[-1], low.shape[-1]
+    x = F.pad(x, (0, Q * R - x.shape[-1])).view(*x.shape[:2], Q, R).to(low.dtype)  # zeros add nothing
+    return torch.einsum("bhqm,hmq->bhm", torch.einsum("bhqr,hmr->bhqm", x, low), high)
 
 
 def _causal_conv(u, k):
@@ -50,10 +49,12 @@ def s4d_fft(u, dA, W, D=None, *, initial_state=None):
     out_dtype = u.dtype
     u, dA, W, D, s0 = prepare(u, dA, W, D, initial_state)
     T = u.shape[1]
+    high, low = _split_powers(dA, T)
     coef = W[None] if s0 is None else torch.cat([W[None], W * dA * s0])  # [1 or 1+B, H, M]
-    x = u.flip(1).transpose(1, 2)  # [B, H, T]: x_l = u_{T-1-l} meets dA^l in the final state
-    kernels, state = _vandermonde(dA, coef, x)
+    kernels = _kernels(coef, high, low, T)
     y = _causal_conv(u.transpose(1, 2), kernels[0])  # [B, H, T]
+    # x_l = u_{T-1-l} meets dA^l in the final state.
+    state = _transposed_vandermonde(u.flip(1).transpose(1, 2), high, low)
     if s0 is not None:
         y = y + kernels[1:]
         state = state + powers(dA, T, 1)[..., 0] * s0

@@ -52,9 +52,9 @@ def s4d_naive(u, dA, W, D=None, *, initial_state=None, reset=None):
     return y.to(out_dtype), state
 
 
-def powers(dA, start: int, length: int) -> torch.Tensor:
-    """dA^l for l = start .. start+length-1, as exp(l log dA): [H, M, length].
+def powers(dA, start: int, length: int, step: int = 1) -> torch.Tensor:
+    """dA^l for l = start, start+step, .. (length values), as exp(l log dA): [H, M, length].
     Any branch of the complex log gives the same integer powers, and exp(l z) needs no loop."""
     z = torch.log(dA)
-    l = torch.arange(start, start + length, device=dA.device, dtype=z.real.dtype)
+    l = start + step * torch.arange(length, device=dA.device, dtype=z.real.dtype)
     return torch.exp(z[..., None] * l)

@@ -18,7 +18,8 @@ def _legs_imag(M: int) -> torch.Tensor:
     LegS + P P^T (P_n = sqrt(n + 1/2)) is -1/2 I plus a skew-symmetric S; i S is Hermitian."""
     N = 2 * M
     q = torch.sqrt(2 * torch.arange(N, dtype=torch.float64) + 1)
-    S = 0.5 * q[:, None] * q[None, :] * (torch.ones(N, N, dtype=torch.float64).triu(1) - torch.ones(N, N, dtype=torch.float64).tril(-1))
+    ones = torch.ones(N, N, dtype=torch.float64)
+    S = 0.5 * q[:, None] * q[None, :] * (ones.triu(1) - ones.tril(-1))
     freqs = torch.linalg.eigvalsh(1j * S.to(torch.complex128))  # real, ascending, in +- pairs
     return freqs[M:].flip(0)
 
