@@ -92,7 +92,10 @@ class MoEFeedForward(nn.Module):
 
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, H] -> [N, E] fp32."""
-        # The router runs in fp32 even under autocast (Switch "selective precision").
+        # The router runs in fp32 even under autocast (Switch "selective precision"); entering the
+        # autocast context costs host time at every decode step, so only when autocast is on.
+        if not torch.is_autocast_enabled(x.device.type):
+            return F.linear(x.float(), self.gate.weight.float())
         with torch.autocast(device_type=x.device.type, enabled=False):
             return F.linear(x.float(), self.gate.weight.float())
 
@@ -120,7 +123,8 @@ class MoEFeedForward(nn.Module):
         x = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, H]
         # The aux loss is a training objective: pure inference (e.g. generate) skips it.
         compute_losses = self.training or torch.is_grad_enabled()
-        sequences = sequence_ids(hidden_states, sequence_starts) if hidden_states.dim() == 3 else None
+        # Only sequence-wise losses read the ids: inference skips building them.
+        sequences = sequence_ids(hidden_states, sequence_starts) if compute_losses and hidden_states.dim() == 3 else None
         topk_idx, topk_weight, aux = self.route(x, token_mask, sequences, compute_losses)
         out = self.experts(x, topk_idx, topk_weight)  # [N, H]
         if self.shared_expert is not None:
