@@ -60,7 +60,7 @@ def test_chunk_matches_naive_fp64(T, use_s0):
     s0 = s0 if use_s0 else None
     ref = _run_with_grads(selective_scan_naive, x, dt, A, Bm, Cm, Dv, s0)
     assert ref[0].shape == (B, T, D) and ref[1].shape == (B, D, N) and ref[1].dtype == torch.float64
-    for Q in (5, 16):  # neither divides 33 or 7; 16 is the default
+    for Q in (1, 5, 16):  # 5 and 16 divide neither 33 nor 7; 16 is the default
         _assert_same(_run_with_grads(_chunk(Q), x, dt, A, Bm, Cm, Dv, s0), ref, 1e-10, f"chunk{Q} T={T}")
 
 
@@ -168,6 +168,15 @@ def test_low_precision_close_to_fp64(fn, dtype, y_tol, s_tol):
     scale = ref_y.abs().max()
     torch.testing.assert_close(y.double(), ref_y, rtol=y_tol, atol=y_tol * scale)
     torch.testing.assert_close(state.double(), ref_s, rtol=s_tol, atol=s_tol * ref_s.abs().max())
+
+
+def test_chunk_ignores_autocast():
+    args = [t.float() for t in _inputs(20)]
+    ref_y, _ = selective_scan_chunk(*args[:6], initial_state=args[6])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = selective_scan_chunk(*args[:6], initial_state=args[6])
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, ref_y, rtol=0, atol=0)
 
 
 def test_dispatch_modes(monkeypatch):
