@@ -18,14 +18,18 @@ from .models import FAMILIES, LlmArchForCausalLM, LlmArchModel
 from .models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM, LlmArchDenseModel
 from .models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM, LlmArchHybridModel
 from .models.moe import LlmArchMoeConfig, LlmArchMoeForCausalLM, LlmArchMoeModel
+from .models.ssm import LlmArchSsmConfig, LlmArchSsmForCausalLM, LlmArchSsmModel
 from .presets import list_presets, load_preset
 
 __version__ = "0.1.0"
 logger = logging.getLogger("hf_llmarch")
 
-# LoRA on every projection a mixer, dense FFN or shared expert has. Routed experts are 3D parameters and
+# LoRA on every projection a mixer (attention, retention, state-space), dense FFN or shared expert has. Routed experts are 3D parameters and
 # stay frozen unless asked for: `LoraConfig(target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])`.
-DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "g_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_LORA_TARGETS = [
+    "q_proj", "k_proj", "v_proj", "o_proj", "g_proj", "gate_proj", "up_proj", "down_proj",
+    "in_proj", "x_proj", "dt_proj", "out_proj",  # state-space mixers
+]
 
 
 def _register():
@@ -58,6 +62,9 @@ __all__ = [
     "LlmArchMoeConfig",
     "LlmArchMoeForCausalLM",
     "LlmArchMoeModel",
+    "LlmArchSsmConfig",
+    "LlmArchSsmForCausalLM",
+    "LlmArchSsmModel",
     "list_presets",
     "load_preset",
 ]

@@ -59,18 +59,85 @@ def _retention_params(config) -> Params:
     )
 
 
-def _retention_state(config) -> tuple[int, int]:
-    """(state FLOPs per token, state elements) of one retention layer; the state is fp32."""
+def _retention_state(config) -> tuple[int, int, int]:
+    """(state FLOPs per token, fp32 state elements, model-dtype conv elements) of one retention layer."""
     heads, dk, dv = _retention_dims(config)
     # Decay + outer-product write k^T v and the read q S: about 4 FLOPs per state element.
-    return 4 * heads * dk * dv, heads * dk * dv
+    return 4 * heads * dk * dv, heads * dk * dv, 0
 
 
-_MIXER_PARAMS = {"attn": _attention_params, "swa": _attention_params, "retention": _retention_params}
-_MIXER_STATE = {"retention": _retention_state}
+def _mamba_dims(config) -> tuple[int, int, int, int]:
+    from .mixers.mamba import dt_rank
+
+    return int(config.mamba_expand * config.hidden_size), config.mamba_d_state, dt_rank(config), config.mamba_d_conv
+
+
+def _mamba_params(config) -> Params:
+    h, bias = config.hidden_size, config.mamba_proj_bias
+    inner, n, rank, width = _mamba_dims(config)
+    return _add(
+        _linear(h, 2 * inner, bias),  # in_proj
+        (0, inner * width + (inner if config.mamba_conv_bias else 0)),  # depthwise conv1d
+        _linear(inner, rank + 2 * n),  # x_proj
+        _linear(rank, inner, True),  # dt_proj
+        (0, inner * n + inner),  # A_log, D
+        _linear(inner, h, bias),  # out_proj
+    )
+
+
+def _mamba_state(config) -> tuple[int, int, int]:
+    inner, n, _, width = _mamba_dims(config)
+    # Per state element: decay, write and read (~5 FLOPs); the conv: one multiply-add per tap.
+    return 5 * inner * n + 2 * inner * width, inner * n, inner * (width - 1)
+
+
+def _mamba2_dims(config) -> tuple[int, int, int, int]:
+    inner = int(config.mamba2_expand * config.hidden_size)
+    heads = inner // config.mamba2_head_dim
+    return inner, heads, inner + 2 * config.mamba2_n_groups * config.mamba2_d_state, config.mamba2_d_conv
+
+
+def _mamba2_params(config) -> Params:
+    h, bias = config.hidden_size, config.mamba2_proj_bias
+    inner, heads, conv_dim, width = _mamba2_dims(config)
+    return _add(
+        _linear(h, inner + conv_dim + heads, bias),  # in_proj: z, x B C, dt
+        (0, conv_dim * width + (conv_dim if config.mamba2_conv_bias else 0)),  # depthwise conv1d
+        (0, 3 * heads + inner),  # dt_bias, A_log, D, gated norm weight
+        _linear(inner, h, bias),  # out_proj
+    )
+
+
+def _mamba2_state(config) -> tuple[int, int, int]:
+    inner, heads, conv_dim, width = _mamba2_dims(config)
+    elements = heads * config.mamba2_head_dim * config.mamba2_d_state
+    return 4 * elements + 2 * conv_dim * width, elements, conv_dim * (width - 1)
+
+
+def _s4d_params(config) -> Params:
+    h, modes = config.hidden_size, config.s4d_d_state // 2
+    # log_dt, log_A_real, A_imag, C (complex as 2 reals), D; then out_proj H -> 2H with bias (GLU).
+    return _add((0, h + 4 * h * modes + h), _linear(h, 2 * h, True))
+
+
+def _s4d_state(config) -> tuple[int, int, int]:
+    modes = config.hidden_size * config.s4d_d_state // 2
+    # A complex multiply-add per mode to step, and a complex multiply to read: ~12 real FLOPs.
+    return 12 * modes, 2 * modes, 0  # complex, stored as fp32 (re, im)
+
+
+_MIXER_PARAMS = {
+    "attn": _attention_params,
+    "swa": _attention_params,
+    "retention": _retention_params,
+    "mamba": _mamba_params,
+    "mamba2": _mamba2_params,
+    "s4d": _s4d_params,
+}
+_MIXER_STATE = {"retention": _retention_state, "mamba": _mamba_state, "mamba2": _mamba2_state, "s4d": _s4d_state}
 # Mixers with a standard per-token K/V cache (num_key_value_heads x head_dim, keys and values).
 _KV_MIXERS = ("attn", "swa")
-_STATE_DTYPE = torch.float32  # recurrent states are kept in fp32 whatever the model dtype
+_STATE_DTYPE = torch.float32  # recurrent states are kept in fp32 whatever the model dtype (conv histories: the model's)
 
 
 def _mixer_params(config, mixer: str) -> Params:
@@ -213,7 +280,8 @@ def _layer_cache_bytes(config, layer_idx: int, context: int, dtype: torch.dtype)
     """(bytes layer `layer_idx` holds at `context` for batch 1, whether that stopped growing)."""
     mixer, layer_type = config.mixer_types[layer_idx], config.layer_types[layer_idx]
     if mixer in _MIXER_STATE:
-        return _MIXER_STATE[mixer](config)[1] * _STATE_DTYPE.itemsize, True
+        _, state, conv = _MIXER_STATE[mixer](config)
+        return state * _STATE_DTYPE.itemsize + conv * dtype.itemsize, True
     if mixer not in _KV_MIXERS:
         raise NotImplementedError(f"accounting does not know the cache of mixer {mixer!r} ({layer_type}) yet")
     per_token = 2 * config.num_key_value_heads * config.head_dim * dtype.itemsize  # keys + values

@@ -215,6 +215,11 @@ class LlmArchConfig(PreTrainedConfig):
             self._validate_moe()
         if "retention" in self.mixer_types:
             self._validate_retention()
+        # Mixers that own their fields (mamba, mamba2, s4d, ...) fill and check them. Imported lazily so
+        # the config module loads no modeling code.
+        from .mixers import validate_mixer_fields
+
+        validate_mixer_fields(self)
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
                 f"pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size}): "

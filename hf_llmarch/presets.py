@@ -47,7 +47,9 @@ _INIT_ONLY_KEYS = {"num_labels", "attn_implementation", "torch_dtype", "rope_the
 
 def _check_override_names(config_cls, overrides: dict):
     """Configs keep unknown keywords as attributes, so a typo like `hiden_size` would be ignored silently."""
-    known = {f.name for f in dataclasses.fields(config_cls)} | _INIT_ONLY_KEYS
+    from .mixers import mixer_config_fields
+
+    known = {f.name for f in dataclasses.fields(config_cls)} | _INIT_ONLY_KEYS | mixer_config_fields()
     for key in overrides:
         if key not in known:
             hint = difflib.get_close_matches(key, known, n=1)

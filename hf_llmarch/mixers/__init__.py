@@ -7,13 +7,19 @@ one under a pattern name with the transformers layer type its cache needs.
 """
 
 from .attention import LlmArchAttention
+from .mamba import LlmArchSelectiveSSM
+from .mamba2 import LlmArchSSD
 from .registry import FFN_KINDS, MIXER_LAYER_TYPES, MIXER_TP_PLANS
 from .retention import LlmArchRetention
+from .s4d import LlmArchS4D
 
 MIXER_CLASSES = {
     "attn": LlmArchAttention,
     "swa": LlmArchAttention,
     "retention": LlmArchRetention,
+    "mamba": LlmArchSelectiveSSM,
+    "mamba2": LlmArchSSD,
+    "s4d": LlmArchS4D,
 }
 
 
@@ -26,8 +32,37 @@ def register_mixer(name: str, cls, layer_type: str, tp_plan: dict[str, str] | No
     MIXER_TP_PLANS[name] = dict(tp_plan or {})
 
 
+def validate_mixer_fields(config) -> None:
+    """Run the `validate(config)` hook of every mixer kind in the stack: it fills that mixer's own
+    config fields with their defaults and raises a ValueError naming a bad one."""
+    for name in dict.fromkeys(config.mixer_types):
+        hook = getattr(MIXER_CLASSES[name], "validate", None)
+        if hook is not None:
+            hook(config)
+
+
+def mixer_config_fields() -> set[str]:
+    """Every config field a mixer owns (for checking override names)."""
+    from . import mamba, mamba2, s4d
+
+    return {name for module in (mamba, mamba2, s4d) for name in module.CONFIG_FIELDS}
+
+
 def build_mixer(config, layer_idx: int):
     return MIXER_CLASSES[config.mixer_types[layer_idx]](config, layer_idx)
 
 
-__all__ = ["FFN_KINDS", "MIXER_CLASSES", "MIXER_LAYER_TYPES", "LlmArchAttention", "LlmArchRetention", "build_mixer", "register_mixer"]
+__all__ = [
+    "FFN_KINDS",
+    "MIXER_CLASSES",
+    "MIXER_LAYER_TYPES",
+    "LlmArchAttention",
+    "LlmArchRetention",
+    "LlmArchS4D",
+    "LlmArchSSD",
+    "LlmArchSelectiveSSM",
+    "build_mixer",
+    "mixer_config_fields",
+    "register_mixer",
+    "validate_mixer_fields",
+]

@@ -11,6 +11,9 @@ MIXER_LAYER_TYPES = {
     "attn": "full_attention",
     "swa": "sliding_attention",
     "retention": "linear_attention",
+    "mamba": "linear_attention",
+    "mamba2": "linear_attention",
+    "s4d": "linear_attention",
 }
 
 FFN_KINDS = ("mlp", "moe", "none")
@@ -35,3 +38,18 @@ MOE_EP_PLAN = {
     "mlp.experts.down_proj": "grouped_gemm",
     "mlp.experts": "ep_dispatch_experts",
 }
+
+
+def fill_config_defaults(config, fields: dict) -> None:
+    """Give `config` each of a mixer's fields it lacks (or holds as None) at its default: a mixer owns
+    its fields, and config.json stays flat."""
+    for name, default in fields.items():
+        if getattr(config, name, None) is None:
+            setattr(config, name, default)
+
+
+def check_positive_ints(config, *fields) -> None:
+    for field in fields:
+        value = getattr(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{field}={value!r} must be a positive integer")

@@ -7,12 +7,14 @@ from .hybrid import (
 )
 from .moe import LlmArchMoeConfig, LlmArchMoeForCausalLM, LlmArchMoeForSequenceClassification, LlmArchMoeModel
 from .modeling import LlmArchForCausalLM, LlmArchModel, LlmArchPreTrainedModel
+from .ssm import LlmArchSsmConfig, LlmArchSsmForCausalLM, LlmArchSsmForSequenceClassification, LlmArchSsmModel
 
 # One row per family: (config, base model, causal LM, sequence classification).
 FAMILIES = {
     "dense": (LlmArchDenseConfig, LlmArchDenseModel, LlmArchDenseForCausalLM, LlmArchDenseForSequenceClassification),
     "hybrid": (LlmArchHybridConfig, LlmArchHybridModel, LlmArchHybridForCausalLM, LlmArchHybridForSequenceClassification),
     "moe": (LlmArchMoeConfig, LlmArchMoeModel, LlmArchMoeForCausalLM, LlmArchMoeForSequenceClassification),
+    "ssm": (LlmArchSsmConfig, LlmArchSsmModel, LlmArchSsmForCausalLM, LlmArchSsmForSequenceClassification),
 }
 
 CONFIG_CLASSES = {row[0].model_type: row[0] for row in FAMILIES.values()}

@@ -77,6 +77,8 @@ class LlmArchPreTrainedModel(PreTrainedModel):
         if isinstance(module, MoEExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=self.config.initializer_range)
             init.normal_(module.down_proj, mean=0.0, std=self.config.initializer_range)
+        if hasattr(module, "init_ssm_parameters"):  # state-space mixers: A, D and dt have their own inits
+            module.init_ssm_parameters()
         if getattr(module, "e_score_correction_bias", None) is not None:  # DeepSeek selection bias starts neutral
             init.zeros_(module.e_score_correction_bias)
 

@@ -23,6 +23,25 @@ class LlmArchRMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
+class GatedRMSNorm(nn.Module):
+    """Mamba-2's output norm: gate first (x * silu(z)), then RMS-normalise each of `groups` equal
+    slices of the last dim, in fp32, and scale."""
+
+    def __init__(self, hidden_size: int, groups: int = 1, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+        self.groups = groups
+
+    def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        wide = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
+        gated = hidden_states.to(wide) * nn.functional.silu(gate.to(wide))
+        grouped = gated.unflatten(-1, (self.groups, -1))  # [..., G, D/G]
+        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * grouped.flatten(-2).to(input_dtype)
+
+
 def build_norm(config, dim: int | None = None) -> nn.Module:
     dim = dim or config.hidden_size
     if config.norm_type == "layernorm":

@@ -192,6 +192,20 @@ def test_dispatch_modes(monkeypatch):
         torch.testing.assert_close(state, ref[1], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("use_s0", [False, True])
+def test_auto_decodes_a_single_token_with_one_step(monkeypatch, use_s0):
+    """Decode: one recurrence step, not a chunk padded with identity steps; a reset there zeroes the state."""
+    monkeypatch.delenv(ss.MODE_ENV_VAR, raising=False)
+    x, dt, A, Bm, Cm, Dv, s0 = (t[:, :1] if t.dim() == 3 and t.shape[1] == 9 else t for t in _inputs(9))
+    s0 = s0 if use_s0 else None
+    assert resolve_selective_scan_mode("auto", x, s0, None) == "step"
+    for reset in (None, torch.tensor([[True], [False]])[: x.shape[0]]):
+        ref = selective_scan_naive(x, dt, A, Bm, Cm, Dv, initial_state=s0, reset=reset)
+        got = selective_scan(x, dt, A, Bm, Cm, Dv, initial_state=s0, reset=reset)
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1], ref[1], rtol=1e-12, atol=1e-12)
+
+
 def test_env_var_overrides_auto_only(monkeypatch):
     x = _inputs(3)[0]
     monkeypatch.setenv(ss.MODE_ENV_VAR, "naive")

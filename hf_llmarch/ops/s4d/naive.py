@@ -29,7 +29,9 @@ def s4d_step(u, dA, W, D, state):
     """One token: u [B, H], state [B, H, M] complex (None = zeros). Returns (y [B, H] in u.dtype, new state)."""
     out_dtype = u.dtype
     u, dA, W, D, state = prepare(u, dA, W, D, state)
-    state = u[..., None] if state is None else dA * state + u[..., None]
+    if state is None:
+        state = torch.zeros(u.shape[0], *dA.shape, dtype=dA.dtype, device=u.device)  # [B, H, M]
+    state = dA * state + u[..., None]
     return readout(state, W, u, D).to(out_dtype), state
 
 

@@ -64,13 +64,16 @@ def _cuda_blocker(x, initial_state, reset) -> str | None:
 
 def resolve_selective_scan_mode(mode: str, x, initial_state=None, reset=None) -> str:
     """Concrete mode for `selective_scan`; LLMARCH_SELECTIVE_SCAN_MODE overrides "auto".
-    "auto" takes the fused kernel when it can run these inputs, else "chunk"."""
+    "auto" takes one recurrence step for a single token (decode), the fused kernel when it can run
+    these inputs, else "chunk"."""
     _check_mode(mode, "mode argument")
     if mode == "auto":
         env = os.environ.get(MODE_ENV_VAR, "").strip()
         if env:
             _check_mode(env, MODE_ENV_VAR)
             mode = env
+    if mode == "auto" and x.shape[1] == 1:
+        return "step"
     if mode == "auto":
         return "chunk" if _cuda_blocker(x, initial_state, reset) else "cuda"
     if mode == "cuda":
@@ -106,4 +109,18 @@ def selective_scan(x, dt, A, B, C, D=None, *, initial_state=None, reset=None, mo
         return _scan_cuda(x, dt, A, B, C, D)
     if mode == "chunk":
         return selective_scan_chunk(x, dt, A, B, C, D, initial_state, reset, chunk_size=chunk_size)
+    if mode == "step":
+        return _one_step(x, dt, A, B, C, D, initial_state, reset)
     return selective_scan_naive(x, dt, A, B, C, D, initial_state, reset)
+
+
+def _one_step(x, dt, A, B, C, D, initial_state, reset):
+    """A single token [B, 1, D] as one recurrence step: no chunk padding at decode."""
+    state = initial_state
+    if state is None:
+        wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+        state = x.new_zeros(x.shape[0], *A.shape, dtype=wide)  # [B, D, N]
+    if reset is not None:
+        state = state.masked_fill(reset[:, 0, None, None], 0.0)
+    y, state = selective_scan_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, state)
+    return y[:, None].to(x.dtype), state

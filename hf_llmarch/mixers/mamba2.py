@@ -1,0 +1,127 @@
+"""Mamba-2 (SSD) mixer (Dao & Gu 2024; recurrent_mixers.md §4), pattern name `mamba2`.
+
+in_proj -> (z, xBC, dt); xBC -> short causal conv -> silu -> (x [H heads of P], B, C [G groups of N]);
+dt = softplus(dt + dt_bias) clamped to `mamba2_dt_limit`; the scalar-decay-per-head scan
+h_t = exp(dt A) h_{t-1} + dt x B^T, y = h C + D x (`ops/ssd`, chunked for training); y -> gated
+RMSNorm with z (gate first, per group) -> out_proj. Parameter names follow transformers'
+Mamba2Mixer (`in_proj`, `conv1d`, `dt_bias`, `A_log`, `D`, `norm`, `out_proj`).
+
+Padding, packing and the cache as the Mamba-1 mixer: pads write and decay nothing, the conv
+history keeps each row's last real inputs, packed sequences restart. Decode state per layer: the
+conv history [B, D_inner + 2GN, K-1] and the SSM state [B, H, P, N] fp32.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import initialization as init
+
+from ..modules.norms import GatedRMSNorm
+from ..ops.ssd import ssd_scan
+from .registry import check_positive_ints, fill_config_defaults
+from .ssm_common import DT_FIELDS, at_least_fp32, cached_short_conv, check_dt_range, dt_init_range, inverse_softplus_dt
+from .state import read_recurrent_state, write_recurrent_state
+
+# Fields this mixer owns (defaults: state-spaces/mamba Mamba2, transformers Mamba2Config).
+CONFIG_FIELDS = {
+    "mamba2_d_state": 128,
+    "mamba2_d_conv": 4,
+    "mamba2_expand": 2,
+    "mamba2_head_dim": 64,
+    "mamba2_n_groups": 1,
+    "mamba2_chunk_size": 64,
+    "mamba2_conv_bias": True,
+    "mamba2_proj_bias": False,
+    "mamba2_dt_limit": [0.0, math.inf],
+    "mamba2_mode": "auto",  # SSD path: auto, chunk, naive, cuda (env LLMARCH_SSD_MODE)
+    **DT_FIELDS,
+}
+SSD_MODES = ("auto", "chunk", "naive", "cuda")
+
+
+class LlmArchSSD(nn.Module):
+    block_attr = "mamba"
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.inner = int(config.mamba2_expand * config.hidden_size)
+        self.head_dim, self.groups, self.state_size = config.mamba2_head_dim, config.mamba2_n_groups, config.mamba2_d_state
+        self.num_heads = self.inner // self.head_dim
+        self.conv_width, self.chunk_size, self.mode = config.mamba2_d_conv, config.mamba2_chunk_size, config.mamba2_mode
+        self.dt_limit = tuple(config.mamba2_dt_limit)
+        self.dt_range = dt_init_range(config)
+        self.conv_dim = self.inner + 2 * self.groups * self.state_size
+        self.in_proj = nn.Linear(config.hidden_size, self.inner + self.conv_dim + self.num_heads, bias=config.mamba2_proj_bias)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, self.conv_width, groups=self.conv_dim, padding=self.conv_width - 1,
+            bias=config.mamba2_conv_bias,
+        )
+        self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
+        self.A_log = nn.Parameter(torch.empty(self.num_heads))
+        self.D = nn.Parameter(torch.empty(self.num_heads))
+        self.norm = GatedRMSNorm(self.inner, groups=self.groups, eps=config.norm_eps)
+        self.out_proj = nn.Linear(self.inner, config.hidden_size, bias=config.mamba2_proj_bias)
+
+    @staticmethod
+    def validate(config) -> None:
+        fill_config_defaults(config, CONFIG_FIELDS)
+        check_positive_ints(config, "mamba2_d_state", "mamba2_head_dim", "mamba2_n_groups", "mamba2_chunk_size")
+        if not isinstance(config.mamba2_d_conv, int) or config.mamba2_d_conv < 2:
+            raise ValueError(f"mamba2_d_conv={config.mamba2_d_conv!r} must be an integer >= 2 (the short conv's width)")
+        inner = config.mamba2_expand * config.hidden_size
+        if inner != int(inner) or int(inner) % config.mamba2_head_dim:
+            raise ValueError(
+                f"mamba2_expand={config.mamba2_expand} * hidden_size={config.hidden_size} = {inner} does not divide into "
+                f"heads of mamba2_head_dim={config.mamba2_head_dim}: pick an expand or head dim that divides it"
+            )
+        heads = int(inner) // config.mamba2_head_dim
+        if heads % config.mamba2_n_groups:
+            raise ValueError(
+                f"mamba2_n_groups={config.mamba2_n_groups} does not divide the {heads} heads (inner {int(inner)} / "
+                f"mamba2_head_dim {config.mamba2_head_dim}): each group of B/C serves a whole number of heads"
+            )
+        low, high = config.mamba2_dt_limit
+        if not 0 <= low < high:
+            raise ValueError(f"mamba2_dt_limit={list(config.mamba2_dt_limit)} must be [low, high] with 0 <= low < high")
+        if config.mamba2_mode not in SSD_MODES:
+            raise ValueError(f"mamba2_mode={config.mamba2_mode!r} is unknown; valid: {list(SSD_MODES)}")
+        check_dt_range(config)
+
+    @torch.no_grad()
+    def init_ssm_parameters(self) -> None:
+        """A = 1..H per head (transformers' Mamba2 init), D = 1, dt_bias = softplus^-1 of a
+        log-uniform dt in [ssm_dt_min, ssm_dt_max]."""
+        init.copy_(self.A_log, torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
+        init.ones_(self.D)
+        init.copy_(self.dt_bias, inverse_softplus_dt(self.num_heads, *self.dt_range))
+
+    def forward(self, hidden_states, attention_mask=None, cache=None, sequence_starts=None, **kwargs):
+        batch, seq_len, _ = hidden_states.shape
+        z, xbc, dt = self.in_proj(hidden_states).split([self.inner, self.conv_dim, self.num_heads], dim=-1)
+        mask = None if attention_mask is None else attention_mask[..., None].to(xbc.dtype)  # [B, T, 1]
+        if mask is not None:
+            xbc = xbc * mask  # pads enter the conv as zeros
+        xbc = F.silu(cached_short_conv(self.conv1d, xbc, attention_mask, cache, self.layer_idx, sequence_starts))
+        x, B, C = xbc.split([self.inner, self.groups * self.state_size, self.groups * self.state_size], dim=-1)
+        dt = F.softplus(at_least_fp32(dt) + at_least_fp32(self.dt_bias)).clamp(*self.dt_limit)  # [B, T, H]
+        if mask is not None:
+            dt = dt * mask  # dt = 0: a pad neither decays nor writes the state
+        y, state = ssd_scan(
+            x.view(batch, seq_len, self.num_heads, self.head_dim),
+            dt,
+            -torch.exp(at_least_fp32(self.A_log)),
+            B.view(batch, seq_len, self.groups, self.state_size),
+            C.view(batch, seq_len, self.groups, self.state_size),
+            at_least_fp32(self.D),
+            initial_state=read_recurrent_state(cache, self.layer_idx),
+            reset=sequence_starts,
+            mode=self.mode,
+            chunk_size=self.chunk_size,
+        )
+        write_recurrent_state(cache, self.layer_idx, state)
+        y = self.norm(y.reshape(batch, seq_len, self.inner), z)
+        return self.out_proj(y), None
+
