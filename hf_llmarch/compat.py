@@ -5,6 +5,7 @@ release introduced it. Tested range: see `TESTED_TRANSFORMERS` (pyproject pins t
 """
 
 import functools
+import inspect
 
 import transformers
 from packaging.version import Version
@@ -19,6 +20,16 @@ TESTED_TRANSFORMERS = ("5.17", "5.24")  # oldest and newest minor the suite runs
 # GradientCheckpointingLayer take `cache=`. Before 5.24 everything says `past_key_values`.
 CACHE_RENAMED = "cache" in BaseModelOutputWithPast.__dataclass_fields__
 CACHE_ARG = "cache" if CACHE_RENAMED else "past_key_values"
+# transformers' own Mamba / Mamba-2 models (conversion sources) take theirs as `cache_params` before 5.24.
+NATIVE_SSM_CACHE_ARG = "cache" if CACHE_RENAMED else "cache_params"
+# transformers' Mamba-2 gated RMSNorm normalises each of its n_groups slices, as mamba_ssm does, only
+# once it has `group_size` (5.24 has it, 5.17 does not: there it normalises over all groups at once,
+# so a native Mamba-2 with n_groups > 1 computes another function than its mamba_ssm checkpoint).
+@functools.cache
+def native_mamba2_norm_per_group() -> bool:
+    from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
+
+    return "group_size" in inspect.signature(MambaRMSNormGated.__init__).parameters
 
 # Both names, for class attributes that list keys by name (device placement, Trainer's
 # keys_to_ignore_at_inference): listing both is right on every release.

@@ -213,6 +213,38 @@ def test_retention_cache_is_constant_and_matches_dynamic_cache():
     assert measured[0] == measured[1] == heads * dk * (2 * dk) * 4  # fp32 state [H, Dk, Dv]
 
 
+@pytest.mark.parametrize("preset", ["mamba-tiny", "mamba2-tiny", "s4d-tiny"])
+def test_state_space_cache_is_constant_and_matches_dynamic_cache(preset):
+    """bf16 model: the SSM state is fp32, the conv history bf16; neither grows with the context."""
+    config = hf_llmarch.load_preset(preset, layer_pattern=hf_llmarch.load_preset(preset).mixer_types[0] + " attn/none")
+    measured = []
+    for new_tokens in (2, 6):
+        cache, context = _generate_with_cache(config, prompt_len=5, new_tokens=new_tokens, dtype=torch.bfloat16)
+        predicted = cache_bytes_per_token(config, context, dtype=torch.bfloat16)
+        held = _measured_cache_bytes(cache, config)
+        assert predicted["by_layer_type"]["linear_attention"]["total_bytes"] == held["linear_attention"]
+        assert predicted["total_bytes"] == sum(held.values()) and predicted["constant_layers"] == [0]
+        measured.append(held["linear_attention"])
+    assert measured[0] == measured[1]
+
+
+@pytest.mark.parametrize(
+    "preset, target, total", [("mamba-130m", "mamba", 129_135_360), ("mamba2-130m", "mamba2", 128_989_632)]
+)
+def test_state_space_presets_match_the_native_model(preset, target, total):
+    from transformers.initialization import no_init_weights
+
+    from hf_llmarch.convert import ADAPTERS
+
+    config = hf_llmarch.load_preset(preset)
+    with torch.device("meta"), no_init_weights():
+        native = AutoModelForCausalLM.from_config(ADAPTERS[target].config_to_hf(config, target))
+        native.tie_weights()  # no_init_weights also skips tying
+    counted = count_parameters(config)
+    assert counted["total"] == native.num_parameters() == total
+    assert counted["active"] == total  # no routed experts
+
+
 def test_attention_flops_grow_linearly_with_context():
     config = LlmArchDenseConfig(**TINY, layer_pattern="(attn/mlp)x2")
     f = [flops_per_token(config, c)["forward"] for c in (100, 200, 300)]

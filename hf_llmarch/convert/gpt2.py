@@ -14,6 +14,7 @@ from .checkpoint import native_pad_token_id
 OURS = (LlmArchDenseConfig, LlmArchDenseForCausalLM)
 FFN_KINDS = ("mlp",)
 NATIVE_CLASSES = {"gpt2": (GPT2Config, GPT2LMHeadModel)}
+MIXER_KINDS = {"gpt2": ("attn",)}
 # Causal-mask buffers of older checkpoints; transformers 5 builds masks on the fly.
 IGNORED_KEYS = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",)
 EMBED_KEY = "transformer.wte.weight"

@@ -27,6 +27,7 @@ NATIVE_CLASSES = {
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),
     "qwen3": (Qwen3Config, Qwen3ForCausalLM),
 }
+MIXER_KINDS = dict.fromkeys(NATIVE_CLASSES, ("attn", "swa"))
 # Families whose attention_bias covers q, k, v and o together.
 ONE_ATTENTION_BIAS = ("llama", "qwen3")
 # Families that set sliding layers per layer through `layer_types`.

@@ -35,6 +35,7 @@ NATIVE_CLASSES = {
     "qwen2_moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM),
     "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM),
 }
+MIXER_KINDS = dict.fromkeys(NATIVE_CLASSES, ("attn", "swa"))
 ATTENTION_LIKE = {"mixtral": "mistral", "qwen2_moe": "qwen2", "qwen3_moe": "qwen3"}
 IGNORED_KEYS = llama.IGNORED_KEYS
 EMBED_KEY = llama.EMBED_KEY

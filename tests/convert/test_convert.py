@@ -8,10 +8,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
+    DynamicCache,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
     MixtralConfig,
@@ -27,9 +32,9 @@ from transformers import (
 )
 
 import hf_llmarch  # noqa: F401  (registers our Auto classes)
-from hf_llmarch.convert import CheckpointError, from_hf, infer_target, save_from_hf, save_to_hf, to_hf
+from hf_llmarch import compat
+from hf_llmarch.convert import ADAPTERS, CheckpointError, from_hf, infer_target, save_from_hf, save_to_hf, to_hf
 from hf_llmarch.models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM
-from hf_llmarch.models.moe import LlmArchMoeForCausalLM
 
 VOCAB, SEQ = 128, 12  # SEQ > the sliding window of 4 below
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
@@ -90,6 +95,18 @@ CASES = {
             qkv_bias=False, tie_word_embeddings=True,
         )
     ),
+    "mamba": lambda: MambaForCausalLM(
+        MambaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, state_size=8, time_step_rank=6, use_bias=True)
+    ),
+    "mamba2": lambda: Mamba2ForCausalLM(
+        Mamba2Config(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, state_size=16, num_heads=4, head_dim=32, n_groups=1, chunk_size=4)
+    ),
+    "mamba2_groups_untied": lambda: Mamba2ForCausalLM(
+        Mamba2Config(
+            vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, state_size=16, num_heads=8, head_dim=16, n_groups=2,
+            chunk_size=8, tie_word_embeddings=False,
+        )
+    ),
     "gpt2": lambda: GPT2LMHeadModel(
         GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=1)
     ),
@@ -145,13 +162,19 @@ def _assert_same_state_dict(a, b):
         assert torch.equal(sa[key], sb[key]), key
 
 
+def _skip_where_native_mamba2_is_wrong(case):
+    if case == "mamba2_groups_untied" and not compat.native_mamba2_norm_per_group():
+        pytest.skip("this transformers normalises Mamba-2's gated norm over all groups at once; ours per group, as mamba_ssm")
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity_and_round_trip(case, tmp_path):
+    _skip_where_native_mamba2_is_wrong(case)
     native = _native(case)
     native.save_pretrained(tmp_path)
     ours = from_hf(tmp_path)
     ours.set_attn_implementation("eager")
-    assert isinstance(ours, LlmArchMoeForCausalLM if "moe" in ours.config.ffn_types else LlmArchDenseForCausalLM)
+    assert isinstance(ours, ADAPTERS[native.config.model_type].OURS[1])
     assert ours.num_parameters() == native.num_parameters()
     assert ours.config.converted_from == native.config.model_type
     assert (_logits(native) - _logits(ours)).abs().max() < 1e-4
@@ -356,3 +379,57 @@ def test_moe_router_the_target_lacks_is_refused():
     ours.config.router_type = "noisy_topk"
     with pytest.raises(ValueError, match="router_type='noisy_topk' cannot be expressed in mixtral"):
         to_hf(ours)
+
+
+def _cached_errors(model, cache_arg: str) -> tuple[float, float]:
+    """(max logit error of a 3-token continuation from a cached 6-token prefill, and of the next token
+    after a right-padded prefill), each against one full forward."""
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = DynamicCache(config=model.config)
+        model(ids[:, :6], use_cache=True, **{cache_arg: cache})
+        continued = model(ids[:, 6:9], use_cache=True, **{cache_arg: cache}).logits
+        cache = DynamicCache(config=model.config)
+        padded = torch.cat([ids[:, :8], torch.zeros(1, 4, dtype=torch.long)], 1)
+        model(padded, attention_mask=torch.tensor([[1] * 8 + [0] * 4]), use_cache=True, **{cache_arg: cache})
+        after_padding = model(ids[:, 8:9], use_cache=True, **{cache_arg: cache}).logits
+    return (continued - full[:, 6:9]).abs().max().item(), (after_padding - full[:, 8:9]).abs().max().item()
+
+
+@pytest.mark.parametrize("case", ["mamba", "mamba2", "mamba2_groups_untied"])
+def test_ours_is_right_where_transformers_mamba_is_not(case):
+    """recurrent_mixers.md §3-4, reproduced on 5.17 and 5.24: transformers' Mamba-1 drops the cached
+    SSM state on a multi-token continuation (error ~3e-2), and both Mambas keep right pads in the cache
+    (next-token error ~2). The converted model, with the same weights, gets both right."""
+    _skip_where_native_mamba2_is_wrong(case)
+    native = _native(case)
+    ours = from_hf(native)
+    native_continuation, native_padding = _cached_errors(native, compat.NATIVE_SSM_CACHE_ARG)
+    ours_continuation, ours_padding = _cached_errors(ours, compat.CACHE_ARG)
+    assert ours_continuation < 1e-5 and ours_padding < 1e-5
+    assert native_padding > 0.1  # their defect, so the comparison above is not vacuous
+    if case == "mamba":
+        assert native_continuation > 1e-3
+
+
+def test_mamba_checkpoint_with_a_misshaped_a_log_is_named(tmp_path):
+    _native("mamba").save_pretrained(tmp_path)
+    file = tmp_path / "model.safetensors"
+    state = load_file(file)
+    state["backbone.layers.1.mixer.A_log"] = torch.zeros(128, 4)  # state_size 8 in the config
+    save_file(state, file, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"backbone\.layers\.1\.mixer\.A_log.*shape \(128, 4\).*\(128, 8\)"):
+        from_hf(tmp_path)
+
+
+def test_state_space_targets_are_inferred_and_mixed_stacks_refused():
+    from hf_llmarch.models.ssm import LlmArchSsmConfig, LlmArchSsmForCausalLM
+
+    assert infer_target(from_hf(_native("mamba")).config) == "mamba"
+    assert infer_target(from_hf(_native("mamba2")).config) == "mamba2"
+    mixed = LlmArchSsmConfig(hidden_size=64, num_attention_heads=4, layer_pattern="mamba/none attn/none", vocab_size=VOCAB)
+    with pytest.raises(ValueError, match=r"mixer_types\[1\]='attn' cannot be expressed in mamba"):
+        to_hf(LlmArchSsmForCausalLM(mixed), target="mamba")
+    with pytest.raises(ValueError, match="hidden_act='gelu' cannot be converted"):
+        from_hf(MambaForCausalLM(MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, hidden_act="gelu")))
