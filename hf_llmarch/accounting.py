@@ -81,6 +81,7 @@ def _mamba_params(config) -> Params:
         _linear(inner, rank + 2 * n),  # x_proj
         _linear(rank, inner, True),  # dt_proj
         (0, inner * n + inner),  # A_log, D
+        (0, rank + 2 * n if config.mamba_inner_norms else 0),  # Jamba's dt, B and C RMSNorms
         _linear(inner, h, bias),  # out_proj
     )
 

@@ -24,6 +24,8 @@ FAMILY_CONFIGS = {
     "mamba": ("mamba-tiny", dict(TINY, layer_pattern="(mamba/none)x2", mamba_d_state=8)),
     "mamba2": ("mamba2-tiny", dict(TINY, layer_pattern="(mamba2/none)x2", mamba2_chunk_size=8)),
     "s4d": ("s4d-tiny", dict(TINY, layer_pattern="(s4d/mlp)x2", s4d_d_state=16)),
+    # Jamba-style: Mamba with inner norms, attention without positions, MoE every other layer.
+    "jamba": ("jamba-tiny", dict(TINY, moe_intermediate_size=128, layer_pattern="mamba/mlp attn/moe mamba/mlp mamba/moe", mamba_d_state=8)),
 }
 
 

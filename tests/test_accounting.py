@@ -229,9 +229,14 @@ def test_state_space_cache_is_constant_and_matches_dynamic_cache(preset):
 
 
 @pytest.mark.parametrize(
-    "preset, target, total", [("mamba-130m", "mamba", 129_135_360), ("mamba2-130m", "mamba2", 128_989_632)]
+    "preset, target, total, active",
+    [
+        ("mamba-130m", "mamba", 129_135_360, 129_135_360),
+        ("mamba2-130m", "mamba2", 128_989_632, 128_989_632),
+        ("jamba-v0.1", "jamba", 51_570_323_328, 12_110_311_296),  # published: 52B total, 12B active
+    ],
 )
-def test_state_space_presets_match_the_native_model(preset, target, total):
+def test_state_space_presets_match_the_native_model(preset, target, total, active):
     from transformers.initialization import no_init_weights
 
     from hf_llmarch.convert import ADAPTERS
@@ -242,7 +247,7 @@ def test_state_space_presets_match_the_native_model(preset, target, total):
         native.tie_weights()  # no_init_weights also skips tying
     counted = count_parameters(config)
     assert counted["total"] == native.num_parameters() == total
-    assert counted["active"] == total  # no routed experts
+    assert counted["active"] == active
 
 
 def test_attention_flops_grow_linearly_with_context():

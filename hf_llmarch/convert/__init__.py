@@ -1,10 +1,10 @@
 """Conversion between native transformers causal LMs and our families.
 
 `from_hf` takes a llama / mistral / qwen2 / qwen3 / gpt2 checkpoint (to `llmarch_dense`), a
-mixtral / qwen2_moe / qwen3_moe one (to `llmarch_moe`) or a mamba / mamba2 one (to `llmarch_ssm`),
-as a directory or an in-memory model, and returns our
+mixtral / qwen2_moe / qwen3_moe one (to `llmarch_moe`), a mamba / mamba2 one (to `llmarch_ssm`)
+or a jamba one (to `llmarch_hybrid`), as a directory or an in-memory model, and returns our
 model with the same logits; `to_hf` goes back. The per-source adapters (`llama.py`, `gpt2.py`,
-`moe.py`, `ssm.py`) map configs and state dicts and name the family they convert to (`OURS`); this module
+`moe.py`, `ssm.py`, `jamba.py`) map configs and state dicts and name the family they convert to (`OURS`); this module
 checks that every tensor is consumed and builds the target model. `save_from_hf` / `save_to_hf`
 write directories.
 """
@@ -18,14 +18,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from ..models.modeling import LlmArchForCausalLM
-from . import gpt2, llama, moe, ssm
+from . import gpt2, jamba, llama, moe, ssm
 from .checkpoint import CheckpointError, TensorSource, copy_sidecar_files, read_config_json
 
 logger = logging.getLogger(__name__)
 
 ADAPTERS = {
     "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2, "mixtral": moe, "qwen2_moe": moe,
-    "qwen3_moe": moe, "mamba": ssm, "mamba2": ssm,
+    "qwen3_moe": moe, "mamba": ssm, "mamba2": ssm, "jamba": jamba,
 }
 HEAD_KEY = "lm_head.weight"
 OUR_EMBED_KEY = "model.embed_tokens.weight"
@@ -42,7 +42,7 @@ def _adapter(model_type: str | None):
 def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchForCausalLM:
     """A native causal LM (directory or model) as ours: `LlmArchDenseForCausalLM` for llama / mistral /
     qwen2 / qwen3 / gpt2, `LlmArchMoeForCausalLM` for mixtral / qwen2_moe / qwen3_moe,
-    `LlmArchSsmForCausalLM` for mamba / mamba2.
+    `LlmArchSsmForCausalLM` for mamba / mamba2, `LlmArchHybridForCausalLM` for jamba.
 
     `dtype=None` keeps the dtype the weights are stored in."""
     native_config, src, attn = _open_native(path_or_model)
@@ -60,7 +60,7 @@ def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchFor
 def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
     """Our causal LM (model or directory) as a native LlamaForCausalLM / MistralForCausalLM /
     Qwen2ForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel / MixtralForCausalLM / Qwen2MoeForCausalLM / Qwen3MoeForCausalLM /
-    MambaForCausalLM / Mamba2ForCausalLM. `target` defaults to the model type it was converted
+    MambaForCausalLM / Mamba2ForCausalLM / JambaForCausalLM. `target` defaults to the model type it was converted
     from, else to `infer_target`. Raises a ValueError naming the field the target cannot express."""
     model = _load_ours(model_or_path)
     config = model.config
@@ -80,11 +80,14 @@ def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
 
 
 def infer_target(config) -> str:
-    """The native family closest to our config: Mamba or Mamba-2 layers -> mamba / mamba2; MoE layers -> qwen2_moe with a shared expert,
+    """The native family closest to our config: Mamba or Mamba-2 layers -> mamba / mamba2, with
+    attention -> jamba; MoE layers -> qwen2_moe with a shared expert,
     qwen3_moe with QK-norm or dense layers, else mixtral; learned positions + LayerNorm -> gpt2; QK-norm -> qwen3; q/k/v bias
     without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a mix); else llama."""
     if set(config.mixer_types) <= {"mamba", "mamba2"}:
         return config.mixer_types[0]
+    if set(config.mixer_types) == {"attn", "mamba"}:
+        return "jamba"
     if "moe" in config.ffn_types:
         if config.shared_expert_intermediate_size:
             return "qwen2_moe"

@@ -91,14 +91,21 @@ def state_dict_from_hf(src, expected: dict[str, tuple], config) -> dict:
 
 
 def _from_per_expert(src, native: str, shape: tuple, model_type: str):
-    """A routed tensor of ours from the on-disk layout: the router, or experts fused as
-    gate_up_proj [E, 2I, H] (each expert's [I, H] gate over its [I, H] up) or down_proj [E, H, I]."""
-    block, (gate, up, down) = PER_EXPERT_LAYOUT[model_type]
+    """A routed tensor of ours from the on-disk layout: the router, or fused experts."""
+    block, names = PER_EXPERT_LAYOUT[model_type]
     native = native.replace(".mlp.", f".{block}.")
     if native.endswith("gate.weight"):
         return src.take(native, shape)
-    experts = native.rsplit(".", 1)[0]  # model.layers.N.<block>.experts
-    if native.endswith("gate_up_proj"):
+    experts, fused = native.rsplit(".", 1)  # model.layers.N.<block>.experts, gate_up_proj | down_proj
+    return fused_experts(src, experts, names, fused, shape)
+
+
+def fused_experts(src, experts: str, names: tuple[str, str, str], fused: str, shape: tuple) -> torch.Tensor:
+    """Our `fused` experts tensor, gate_up_proj [E, 2I, H] (each expert's [I, H] gate over its [I, H]
+    up) or down_proj [E, H, I], from one tensor per expert `{experts}.{i}.{name}.weight` (names:
+    the gate, up and down projections' names)."""
+    gate, up, down = names
+    if fused == "gate_up_proj":
         e, two_i, h = shape
         return torch.stack(
             [torch.cat([src.take(f"{experts}.{i}.{name}.weight", (two_i // 2, h)) for name in (gate, up)]) for i in range(e)]

@@ -3,7 +3,8 @@
 in_proj -> (x, z); x -> short causal conv -> silu -> x_proj -> (dt, B, C); dt -> dt_proj -> softplus;
 selective scan h_t = exp(dt A) h_{t-1} + dt x B, y = C h + D x (`ops/selective_scan`); y * silu(z)
 -> out_proj. Parameter names follow transformers' MambaMixer (`in_proj`, `conv1d`, `x_proj`,
-`dt_proj`, `A_log`, `D`, `out_proj`).
+`dt_proj`, `A_log`, `D`, `out_proj`), plus Jamba's `dt_layernorm`, `b_layernorm` and `c_layernorm`
+when `mamba_inner_norms` is set.
 
 Padding: a pad neither writes nor decays (x = 0 and dt = 0 there), and the conv state keeps each
 row's last real inputs, so left- and right-padded rows equal their unpadded versions and a
@@ -19,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 
+from ..modules.norms import LlmArchRMSNorm
 from ..ops.selective_scan import selective_scan
 from .registry import check_positive_ints, fill_config_defaults
 from .ssm_common import DT_FIELDS, at_least_fp32, cached_short_conv, check_dt_range, dt_init_range, inverse_softplus_dt
@@ -32,6 +34,7 @@ CONFIG_FIELDS = {
     "mamba_dt_rank": "auto",  # ceil(hidden_size / 16)
     "mamba_conv_bias": True,
     "mamba_proj_bias": False,
+    "mamba_inner_norms": False,  # RMSNorm on dt, B and C after x_proj (Jamba)
     "mamba_mode": "auto",  # selective scan path: auto, chunk, naive, cuda (env LLMARCH_SELECTIVE_SCAN_MODE)
     **DT_FIELDS,
 }
@@ -61,6 +64,11 @@ class LlmArchSelectiveSSM(nn.Module):
         )
         self.x_proj = nn.Linear(self.inner, self.dt_rank + 2 * self.state_size, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.inner, bias=True)
+        if config.mamba_inner_norms:  # Jamba's names; they keep the SSM inputs at unit scale
+            self.dt_layernorm = LlmArchRMSNorm(self.dt_rank, eps=config.norm_eps)
+            self.b_layernorm = LlmArchRMSNorm(self.state_size, eps=config.norm_eps)
+            self.c_layernorm = LlmArchRMSNorm(self.state_size, eps=config.norm_eps)
+        self.inner_norms = config.mamba_inner_norms
         self.A_log = nn.Parameter(torch.empty(self.inner, self.state_size))
         self.D = nn.Parameter(torch.empty(self.inner))
         self.out_proj = nn.Linear(self.inner, config.hidden_size, bias=bias)
@@ -99,6 +107,8 @@ class LlmArchSelectiveSSM(nn.Module):
             x = x * mask  # pads enter the conv as zeros
         x = F.silu(cached_short_conv(self.conv1d, x, attention_mask, cache, self.layer_idx, sequence_starts))
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
+        if self.inner_norms:
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         dt = F.softplus(at_least_fp32(self.dt_proj(dt)))  # [B, T, D_inner]
         if mask is not None:
             dt = dt * mask  # dt = 0: a pad neither decays nor writes the state
