@@ -21,6 +21,10 @@ from .configuration import LlmArchConfig
 from .ops.moe import moe_path_label, pick_moe_impl, resolve_moe_impl
 from .ops.moe.grouped import FEW_PAIRS
 from .ops.retention import resolve_retention_mode
+from .ops.s4d import resolve_s4d_mode
+from .ops.selective_scan import resolve_selective_scan_mode
+from .ops.short_conv import resolve_short_conv_mode
+from .ops.ssd import resolve_ssd_mode
 
 PACKAGES = ("peft", "accelerate", "trl", "triton", "safetensors")
 KERNELS = ("flash_attn", "mamba_ssm", "causal_conv1d", "fla")
@@ -43,7 +47,12 @@ def collect() -> dict:
         "transformers_warning": _transformers_warning(),
         "packages": {name: _package_version(name) for name in PACKAGES},
         "kernels": {name: _kernel_version(name) for name in KERNELS},
-        "paths": {"attention": _attention_paths(), "retention": _retention_paths(), "moe": _moe_paths()},
+        "paths": {
+            "attention": _attention_paths(),
+            "retention": _retention_paths(),
+            "moe": _moe_paths(),
+            "state_space": _state_space_paths(),
+        },
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("LLMARCH_")},
     }
 
@@ -102,6 +111,26 @@ def _retention_paths() -> dict:
     return {"auto": picks, "retention_chunk_size": chunk}
 
 
+def _state_space_paths() -> dict:
+    """The path each state-space op's "auto" takes for a prefill from a zero state and for a decode
+    step, asked of the ops' own resolvers (the fused kernels need CUDA and their extra installed)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    prefill, step = (torch.zeros(1, t, 8, device=device) for t in (16, 1))
+    resolvers = {
+        "mamba": lambda x: resolve_selective_scan_mode("auto", x),
+        "mamba2": lambda x: resolve_ssd_mode("auto", x[..., None]),
+        "s4d": lambda x: resolve_s4d_mode("auto", seq_len=x.shape[1]),
+        "short conv": lambda x: resolve_short_conv_mode("auto", x),
+    }
+    paths = {}
+    for name, resolve in resolvers.items():
+        try:
+            paths[name] = {"prefill": resolve(prefill), "decode": resolve(step)}
+        except ValueError as err:  # a bad LLMARCH_*_MODE: the report is where the user should see it
+            paths[name] = {"error": str(err)}
+    return paths
+
+
 def _moe_paths() -> dict:
     """The experts path `moe_impl="auto"` takes for a prefill-sized call, per dtype, as the op's own
     picker decides it (on CUDA that may be Triton where grouped_mm cannot run)."""
@@ -136,6 +165,7 @@ def format_report(info: dict) -> str:
         ("attention", f"{paths['attention']['default']} (flash_attention_2 {paths['attention']['flash_attention_2']})"),
         ("retention auto", _format_retention(paths["retention"])),
         ("moe auto", _format_moe(paths["moe"])),
+        *((f"{name} auto", _format_state_space(picks)) for name, picks in paths["state_space"].items()),
         ("env", " ".join(f"{k}={v}" for k, v in info["env"].items()) or "no LLMARCH_* variables set"),
     ]
     width = max(len(key) for key, _ in rows)
@@ -150,6 +180,10 @@ def _format_retention(retention: dict) -> str:
         return retention["auto"]
     picks = ", ".join(f"{t}: {mode}" for t, mode in retention["auto"].items())
     return f"{picks} (retention_chunk_size={retention['retention_chunk_size']})"
+
+
+def _format_state_space(picks: dict) -> str:
+    return picks.get("error") or f"prefill: {picks['prefill']}, decode: {picks['decode']}"
 
 
 def _format_moe(moe: dict) -> str:

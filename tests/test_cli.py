@@ -164,7 +164,7 @@ def test_env_json_has_every_section(capsys):
     assert (info["torch"], info["transformers"]) == (torch.__version__, transformers.__version__)
     assert set(info["packages"]) == {"peft", "accelerate", "trl", "triton", "safetensors"}
     assert set(info["kernels"]) == {"flash_attn", "mamba_ssm", "causal_conv1d", "fla"}
-    assert set(info["paths"]) == {"attention", "retention", "moe"}
+    assert set(info["paths"]) == {"attention", "retention", "moe", "state_space"}
     assert info["paths"]["attention"]["default"] in ("sdpa", "eager")
     assert info["transformers_tested"] == list(TESTED_TRANSFORMERS)
 
@@ -187,6 +187,20 @@ def test_env_retention_path_is_what_retention_runs(env_mode, monkeypatch):
         q = torch.zeros(1, int(label.removeprefix("T=")), 1, 4)
         retention_ops.retention(q, q, q, torch.zeros(q.shape[:3]))
     assert ran == list(reported.values())
+
+
+def test_env_state_space_paths_are_what_the_ops_run(monkeypatch, capsys):
+    """CPU: chunked prefill and one-step decode for Mamba and Mamba-2, the FFT for S4D; an env var moves them."""
+    for var in ("LLMARCH_SELECTIVE_SCAN_MODE", "LLMARCH_SSD_MODE", "LLMARCH_S4D_MODE", "LLMARCH_SHORT_CONV_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    paths = environment.collect()["paths"]["state_space"]
+    assert paths["mamba"] == {"prefill": "chunk", "decode": "step"} and paths["mamba2"] == {"prefill": "chunk", "decode": "step"}
+    assert paths["s4d"] == {"prefill": "fft", "decode": "step"} and paths["short conv"]["prefill"] == "torch"
+    monkeypatch.setenv("LLMARCH_SELECTIVE_SCAN_MODE", "naive")
+    monkeypatch.setenv("LLMARCH_SSD_MODE", "slow")
+    paths = environment.collect()["paths"]["state_space"]
+    assert paths["mamba"] == {"prefill": "naive", "decode": "naive"} and "LLMARCH_SSD_MODE" in paths["mamba2"]["error"]
+    assert main(["env"]) == 0 and "mamba auto" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("env_impl", [None, "naive", "grouped"])

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 
-from ..ops.s4d import s4d_discretize, s4d_init, s4d_scan, s4d_step
+from ..ops.s4d import s4d_discretize, s4d_init, s4d_scan
 from .registry import check_positive_ints, fill_config_defaults
 from .ssm_common import DT_FIELDS, check_dt_range
 from .state import read_recurrent_state, write_recurrent_state
@@ -71,15 +71,9 @@ class LlmArchS4D(nn.Module):
         dA, W = s4d_discretize(self.log_dt, self.log_A_real, self.A_imag, self.C)  # [H, M] complex
         stored = read_recurrent_state(cache, self.layer_idx)
         state = None if stored is None else torch.view_as_complex(stored)
-        if u.shape[1] == 1 and sequence_starts is None:
-            y, state = s4d_step(u[:, 0], dA, W, self.D, state)
-            y = y[:, None]
-        else:
-            shift = _right_padding(attention_mask)
-            y, state = s4d_scan(
-                _roll(u, shift), dA, W, self.D, initial_state=state, reset=sequence_starts, mode=self.mode
-            )
-            y = _roll(y, None if shift is None else -shift)
+        shift = _right_padding(attention_mask)
+        y, state = s4d_scan(_roll(u, shift), dA, W, self.D, initial_state=state, reset=sequence_starts, mode=self.mode)
+        y = _roll(y, None if shift is None else -shift)
         write_recurrent_state(cache, self.layer_idx, torch.view_as_real(state))  # complex64 -> fp32 pairs
         return F.glu(self.out_proj(F.gelu(y)), dim=-1), None
 

@@ -167,6 +167,21 @@ def test_step_is_one_naive_token():
     torch.testing.assert_close(state, ref[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("use_s0", [False, True])
+def test_auto_decodes_a_single_token_with_one_step(monkeypatch, use_s0):
+    monkeypatch.delenv(s4d.MODE_ENV_VAR, raising=False)
+    params = _params()
+    dA, W = s4d_discretize(*(params[k] for k in PARAM_NAMES))
+    u, s0 = _inputs(1)
+    s0 = s0 if use_s0 else None
+    assert s4d.resolve_s4d_mode("auto", seq_len=1) == "step"
+    for reset in (None, torch.tensor([[True]] + [[False]] * (B - 1))):
+        ref = s4d_naive(u, dA, W, params["D"], initial_state=s0, reset=reset)
+        got = s4d.s4d_scan(u, dA, W, params["D"], initial_state=s0, reset=reset)
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1], ref[1], rtol=1e-12, atol=1e-12)
+
+
 def test_inits_follow_the_s4d_formulas():
     n = torch.arange(4, dtype=torch.float64)
     lin, inv, real = (s4d_init(2, 4, init) for init in ("lin", "inv", "real"))

@@ -39,9 +39,10 @@ def _check_mode(mode, source):
         raise ValueError(f"unknown s4d mode {mode!r} (from {source}); valid modes: {valid}")
 
 
-def resolve_s4d_mode(mode: str = "auto", reset=None) -> str:
-    """Concrete mode for `s4d_scan`; the env var LLMARCH_S4D_MODE overrides "auto", which picks
-    "fft" without resets and "chunk" with them (a convolution cannot restart its state)."""
+def resolve_s4d_mode(mode: str = "auto", reset=None, seq_len: int | None = None) -> str:
+    """Concrete mode for `s4d_scan`; the env var LLMARCH_S4D_MODE overrides "auto", which picks one
+    recurrence "step" for a single token (decode), else "fft" without resets and "chunk" with them
+    (a convolution cannot restart its state)."""
     _check_mode(mode, "mode argument")
     source = "mode argument"
     if mode == "auto":
@@ -49,6 +50,8 @@ def resolve_s4d_mode(mode: str = "auto", reset=None) -> str:
         if env:
             _check_mode(env, MODE_ENV_VAR)
             mode, source = env, MODE_ENV_VAR
+    if mode == "auto" and seq_len == 1:
+        return "step"
     if mode == "auto":
         return "fft" if reset is None else "chunk"
     if mode == "fft" and reset is not None:
@@ -60,10 +63,16 @@ def s4d_scan(u, dA, W, D=None, *, initial_state=None, reset=None, mode="auto", c
     """Dispatch to one S4D form; see the module docstring for shapes. `reset` [B, T] bool marks
     where a packed sequence starts (the state is zeroed before that token)."""
     global _logged_path
-    mode = resolve_s4d_mode(mode, reset)
+    mode = resolve_s4d_mode(mode, reset, u.shape[1])
     if not _logged_path:
         logger.info("s4d: using the pure-torch %s path (no fused kernel installed)", mode)
         _logged_path = True
+    if mode == "step":
+        state = initial_state
+        if reset is not None and state is not None:
+            state = state.masked_fill(reset[:, 0, None, None], 0.0)
+        y, state = s4d_step(u[:, 0], dA, W, D, state)
+        return y[:, None], state
     if mode == "fft":
         return s4d_fft(u, dA, W, D, initial_state=initial_state)
     if mode == "chunk":
