@@ -70,6 +70,13 @@ class LlmArchConfig(PreTrainedConfig):
     sliding_window: int | None = None
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    # Scalings of muP-trained models (Granite): embeddings * embedding_multiplier, each residual branch
+    # * residual_multiplier, attention scores * attention_multiplier (None = head_dim ** -0.5),
+    # logits / logits_scaling. The defaults change nothing.
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: float | None = None
+    logits_scaling: float = 1.0
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
@@ -245,6 +252,11 @@ class LlmArchConfig(PreTrainedConfig):
             )
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"sliding_window={self.sliding_window} must be a positive number of tokens")
+        for field in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"{field}={getattr(self, field)!r} must be > 0")
+        if self.attention_multiplier is not None and not self.attention_multiplier > 0:
+            raise ValueError(f"attention_multiplier={self.attention_multiplier!r} must be > 0, or None for head_dim ** -0.5")
         for field in ("attention_dropout", "hidden_dropout"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 raise ValueError(f"{field}={getattr(self, field)!r} must lie in [0, 1): it is a drop probability")

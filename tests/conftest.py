@@ -26,6 +26,8 @@ FAMILY_CONFIGS = {
     "s4d": ("s4d-tiny", dict(TINY, layer_pattern="(s4d/mlp)x2", s4d_d_state=16)),
     # Jamba-style: Mamba with inner norms, attention without positions, MoE every other layer.
     "jamba": ("jamba-tiny", dict(TINY, moe_intermediate_size=128, layer_pattern="mamba/mlp attn/moe mamba/mlp mamba/moe", mamba_d_state=8)),
+    # Granite-4.0-H-style: Mamba-2 and attention, experts + shared MLP everywhere, muP multipliers.
+    "granite": ("granite-hybrid-tiny", dict(TINY, moe_intermediate_size=32, layer_pattern="mamba2/moe attn/moe mamba2/moe", mamba2_chunk_size=8)),
 }
 
 

@@ -234,6 +234,7 @@ def test_state_space_cache_is_constant_and_matches_dynamic_cache(preset):
         ("mamba-130m", "mamba", 129_135_360, 129_135_360),
         ("mamba2-130m", "mamba2", 128_989_632, 128_989_632),
         ("jamba-v0.1", "jamba", 51_570_323_328, 12_110_311_296),  # published: 52B total, 12B active
+        ("granite-4.0-h-tiny", "granitemoehybrid", 6_939_037_248, 1_465_470_528),  # published: 7B total
     ],
 )
 def test_state_space_presets_match_the_native_model(preset, target, total, active):

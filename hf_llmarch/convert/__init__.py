@@ -2,9 +2,9 @@
 
 `from_hf` takes a llama / mistral / qwen2 / qwen3 / gpt2 checkpoint (to `llmarch_dense`), a
 mixtral / qwen2_moe / qwen3_moe one (to `llmarch_moe`), a mamba / mamba2 one (to `llmarch_ssm`)
-or a jamba one (to `llmarch_hybrid`), as a directory or an in-memory model, and returns our
+or a jamba / granitemoehybrid one (to `llmarch_hybrid`), as a directory or an in-memory model, and returns our
 model with the same logits; `to_hf` goes back. The per-source adapters (`llama.py`, `gpt2.py`,
-`moe.py`, `ssm.py`, `jamba.py`) map configs and state dicts and name the family they convert to (`OURS`); this module
+`moe.py`, `ssm.py`, `jamba.py`, `granite.py`) map configs and state dicts and name the family they convert to (`OURS`); this module
 checks that every tensor is consumed and builds the target model. `save_from_hf` / `save_to_hf`
 write directories.
 """
@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from ..models.modeling import LlmArchForCausalLM
-from . import gpt2, jamba, llama, moe, ssm
+from . import gpt2, granite, jamba, llama, moe, ssm
 from .checkpoint import CheckpointError, TensorSource, copy_sidecar_files, read_config_json
 
 logger = logging.getLogger(__name__)
@@ -26,8 +26,12 @@ logger = logging.getLogger(__name__)
 ADAPTERS = {
     "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2, "mixtral": moe, "qwen2_moe": moe,
     "qwen3_moe": moe, "mamba": ssm, "mamba2": ssm, "jamba": jamba,
+    "granitemoehybrid": granite,
 }
 HEAD_KEY = "lm_head.weight"
+# Native families with muP-style scalings; every other target needs ours at their neutral values.
+SCALED_TARGETS = ("granitemoehybrid",)
+NEUTRAL_SCALING = {"embedding_multiplier": 1.0, "residual_multiplier": 1.0, "attention_multiplier": None, "logits_scaling": 1.0}
 OUR_EMBED_KEY = "model.embed_tokens.weight"
 
 __all__ = ["ADAPTERS", "CheckpointError", "from_hf", "infer_target", "save_from_hf", "save_to_hf", "to_hf"]
@@ -42,7 +46,7 @@ def _adapter(model_type: str | None):
 def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchForCausalLM:
     """A native causal LM (directory or model) as ours: `LlmArchDenseForCausalLM` for llama / mistral /
     qwen2 / qwen3 / gpt2, `LlmArchMoeForCausalLM` for mixtral / qwen2_moe / qwen3_moe,
-    `LlmArchSsmForCausalLM` for mamba / mamba2, `LlmArchHybridForCausalLM` for jamba.
+    `LlmArchSsmForCausalLM` for mamba / mamba2, `LlmArchHybridForCausalLM` for jamba / granitemoehybrid.
 
     `dtype=None` keeps the dtype the weights are stored in."""
     native_config, src, attn = _open_native(path_or_model)
@@ -60,7 +64,7 @@ def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchFor
 def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
     """Our causal LM (model or directory) as a native LlamaForCausalLM / MistralForCausalLM /
     Qwen2ForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel / MixtralForCausalLM / Qwen2MoeForCausalLM / Qwen3MoeForCausalLM /
-    MambaForCausalLM / Mamba2ForCausalLM / JambaForCausalLM. `target` defaults to the model type it was converted
+    MambaForCausalLM / Mamba2ForCausalLM / JambaForCausalLM / GraniteMoeHybridForCausalLM. `target` defaults to the model type it was converted
     from, else to `infer_target`. Raises a ValueError naming the field the target cannot express."""
     model = _load_ours(model_or_path)
     config = model.config
@@ -88,6 +92,8 @@ def infer_target(config) -> str:
         return config.mixer_types[0]
     if set(config.mixer_types) == {"attn", "mamba"}:
         return "jamba"
+    if set(config.mixer_types) <= {"attn", "mamba2"} and "mamba2" in config.mixer_types:
+        return "granitemoehybrid"
     if "moe" in config.ffn_types:
         if config.shared_expert_intermediate_size:
             return "qwen2_moe"
@@ -154,6 +160,10 @@ def _check_plain_stack(config, target: str, mixer_kinds: tuple[str, ...], ffn_ki
             raise ValueError(f"mixer_types[{i}]={mixer!r} cannot be expressed in {target}: only {'/'.join(mixer_kinds)} layers convert")
         if ffn not in ffn_kinds:
             raise ValueError(f"ffn_types[{i}]={ffn!r} cannot be expressed in {target}: only {'/'.join(ffn_kinds)} layers convert")
+    if target not in SCALED_TARGETS:
+        for field, neutral in NEUTRAL_SCALING.items():
+            if getattr(config, field) != neutral:
+                raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed in {target}, which has no such scaling")
     if config.hidden_dropout and target != "gpt2":
         # Dropout only acts in training, so the exported model still computes the same function.
         logger.warning("hidden_dropout=%s has no counterpart in %s and is dropped", config.hidden_dropout, target)

@@ -44,7 +44,7 @@ class LlmArchAttention(nn.Module):
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
-        self.scaling = self.head_dim**-0.5
+        self.scaling = config.attention_multiplier or self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
         is_sliding = config.layer_types[layer_idx] == "sliding_attention"

@@ -24,6 +24,7 @@ class LlmArchBlock(GradientCheckpointingLayer):
             self.mlp = MoEFeedForward(config) if self.ffn_type == "moe" else build_mlp(config)
         # No module at p=0: an identity Dropout still costs a module call per use, which shows in decode.
         self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
+        self.residual_multiplier = config.residual_multiplier
 
     @property
     def mixer(self) -> nn.Module:
@@ -40,7 +41,7 @@ class LlmArchBlock(GradientCheckpointingLayer):
         if sequence_starts is not None and self.layer_type == "linear_attention":
             kwargs["sequence_starts"] = sequence_starts
         hidden_states, _ = self.mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask, **kwargs)
-        hidden_states = residual + self._drop(hidden_states)
+        hidden_states = residual + self._branch(hidden_states)
         aux_loss = None
         if self.ffn_type == "none":
             return hidden_states, aux_loss
@@ -50,7 +51,10 @@ class LlmArchBlock(GradientCheckpointingLayer):
             hidden_states, aux_loss = self.mlp(hidden_states, token_mask, sequence_starts)
         else:
             hidden_states = self.mlp(hidden_states)
-        return residual + self._drop(hidden_states), aux_loss
+        return residual + self._branch(hidden_states), aux_loss
 
-    def _drop(self, hidden_states):
+    def _branch(self, hidden_states):
+        """A branch's output before it joins the residual: scaled (muP) and dropped out."""
+        if self.residual_multiplier != 1.0:
+            hidden_states = hidden_states * self.residual_multiplier
         return hidden_states if self.dropout is None else self.dropout(hidden_states)

@@ -100,6 +100,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         self.first_attention_layer = next((i for i, t in enumerate(config.layer_types) if t != "linear_attention"), None)
         self.has_recurrent_layers = "linear_attention" in config.layer_types
         self.needs_token_mask = self.has_recurrent_layers or "moe" in config.ffn_types
+        self.embedding_multiplier = config.embedding_multiplier
         self.needs_sequence_starts = self.needs_token_mask
         self.post_init()
         _log_attention_path(config)
@@ -141,6 +142,8 @@ class LlmArchModel(LlmArchPreTrainedModel):
             _advance_seen_tokens(cache, seq_len, inputs_embeds.device)
 
         hidden_states = inputs_embeds
+        if self.embedding_multiplier != 1.0:
+            hidden_states = hidden_states * self.embedding_multiplier
         if hasattr(self, "embed_positions"):
             hidden_states = hidden_states + self.embed_positions(position_ids)
         if self.embed_dropout is not None:
@@ -267,6 +270,7 @@ class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
         self.model = self.base_model_class(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.logits_scaling = config.logits_scaling
         # A recurrent state cannot be rolled back to a rejected draft token, so generate() must
         # refuse assisted and prompt-lookup decoding for stacks that hold one.
         self._is_stateful = "linear_attention" in config.layer_types
@@ -303,6 +307,8 @@ class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
         )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(outputs.last_hidden_state[:, keep, :])
+        if self.logits_scaling != 1.0:
+            logits = logits / self.logits_scaling
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -11,6 +11,8 @@ from transformers import (
     DynamicCache,
     GPT2Config,
     GPT2LMHeadModel,
+    GraniteMoeHybridConfig,
+    GraniteMoeHybridForCausalLM,
     JambaConfig,
     JambaForCausalLM,
     LlamaConfig,
@@ -113,6 +115,21 @@ CASES = {
         JambaConfig(
             **{**SMALL, "num_hidden_layers": 4}, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
             attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8,
+        )
+    ),
+    "granite_h_moe_shared_mup_nope": lambda: GraniteMoeHybridForCausalLM(
+        GraniteMoeHybridConfig(
+            **{**SMALL, "num_hidden_layers": 3}, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+            shared_intermediate_size=48, layer_types=["mamba", "attention", "mamba"], mamba_n_heads=4, mamba_d_head=32,
+            mamba_d_state=16, mamba_n_groups=1, mamba_chunk_size=4, embedding_multiplier=3.0, residual_multiplier=0.5,
+            attention_multiplier=0.1, logits_scaling=2.0, position_embedding_type=None,
+        )
+    ),
+    "granite_h_dense_rope": lambda: GraniteMoeHybridForCausalLM(
+        GraniteMoeHybridConfig(
+            **SMALL, num_key_value_heads=1, num_local_experts=0, num_experts_per_tok=0, shared_intermediate_size=80,
+            layer_types=["attention", "mamba"], mamba_n_heads=8, mamba_d_head=16, mamba_d_state=8,
+            position_embedding_type="rope", attention_bias=True, tie_word_embeddings=True,
         )
     ),
     "gpt2": lambda: GPT2LMHeadModel(
@@ -407,16 +424,19 @@ def _cached_errors(model, cache_arg: str) -> tuple[float, float]:
     return (continued - full[:, 6:9]).abs().max().item(), (after_padding - full[:, 8:9]).abs().max().item()
 
 
-@pytest.mark.parametrize("case", ["mamba", "mamba2", "mamba2_groups_untied", "jamba_moe_every_other"])
+@pytest.mark.parametrize(
+    "case", ["mamba", "mamba2", "mamba2_groups_untied", "jamba_moe_every_other", "granite_h_moe_shared_mup_nope"]
+)
 def test_ours_is_right_where_transformers_mamba_is_not(case):
     """recurrent_mixers.md §3-4, reproduced on 5.17 and 5.24: transformers' Mamba-1 drops the cached
-    SSM state on a multi-token continuation (error ~3e-2), and its Mamba, Mamba-2 and Jamba keep right
+    SSM state on a multi-token continuation (error ~3e-2), and its Mamba, Mamba-2, Jamba and Granite-H keep right
     pads in the cache (next-token error 2e-3 to 2). The converted model, with the same weights, gets
     both right."""
     _skip_where_native_mamba2_is_wrong(case)
     native = _native(case)
     ours = from_hf(native)
-    native_continuation, native_padding = _cached_errors(native, compat.NATIVE_SSM_CACHE_ARG)
+    pure_ssm = native.config.model_type in ("mamba", "mamba2")  # the hybrids take the usual cache name
+    native_continuation, native_padding = _cached_errors(native, compat.NATIVE_SSM_CACHE_ARG if pure_ssm else compat.CACHE_ARG)
     ours_continuation, ours_padding = _cached_errors(ours, compat.CACHE_ARG)
     assert ours_continuation < 1e-5 and ours_padding < 1e-5
     assert native_padding > 1e-3  # their defect (jamba: 1.6e-3, its attention masked), so this is not vacuous

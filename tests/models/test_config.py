@@ -1,6 +1,7 @@
 """Config validation: every bad setting raises a ValueError that names the field and the fix."""
 
 import pytest
+import torch
 from transformers import AutoConfig
 
 import hf_llmarch
@@ -144,3 +145,33 @@ def test_tensor_parallel_plan_names_only_parameters_the_model_has(pattern, gated
     projections = [n for n in names if re.search(r"\.(self_attn|retention|mlp)\.\w+_proj$", n)]
     covered = [n for n in projections if any(re.match(e.replace(".", r"\.").replace("*", r"\d+") + "$", n) for e in plan)]
     assert covered == projections
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("embedding_multiplier", 0.0, "embedding_multiplier=0.0 must be > 0"),
+        ("residual_multiplier", -1.0, "residual_multiplier=-1.0 must be > 0"),
+        ("logits_scaling", 0, "logits_scaling=0 must be > 0"),
+        ("attention_multiplier", 0.0, "attention_multiplier=0.0 must be > 0, or None"),
+    ],
+)
+def test_bad_scalings_name_the_field(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        LlmArchDenseConfig(hidden_size=64, num_attention_heads=4, **{field: value})
+
+
+def test_logits_scaling_divides_the_logits_and_neutral_values_change_nothing():
+    """The muP scalings (Granite) are exact no-ops at their defaults; their effect against transformers'
+    Granite is checked in tests/convert (granitemoehybrid parity with all four set)."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(0, 250, (1, 7))
+    models = []
+    for scaling in (1.0, 2.0):
+        torch.manual_seed(0)
+        config = LlmArchDenseConfig(vocab_size=256, hidden_size=64, num_attention_heads=4, logits_scaling=scaling)
+        models.append(AutoModelForCausalLM.from_config(config).eval())
+    with torch.no_grad():
+        torch.testing.assert_close(models[1](ids).logits * 2, models[0](ids).logits)
+    assert models[0].model.layers[0].self_attn.scaling == 16**-0.5
