@@ -2,6 +2,7 @@
 
 No timing assertions: speed is measured by benchmarks/, never by unit tests."""
 
+import importlib.util
 import json
 import statistics
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from hf_llmarch import bench
-from hf_llmarch.bench import harness, overhead, report
+from hf_llmarch.bench import harness, overhead, report, ssm
 from hf_llmarch.bench.settings import QUICK
+from hf_llmarch.convert import ADAPTERS
 from hf_llmarch.models.modeling import LlmArchForCausalLM
 from hf_llmarch.modules.moe import MoEFeedForward
 
@@ -29,7 +31,7 @@ def _check_metrics(res: dict, columns: list[str]):
     assert res["columns"] == columns
     for name, metric in res["metrics"].items():
         assert all(v > 0 for v in metric["values"].values() if v is not None), name
-        assert metric["ratio"] is None or metric["ratio"] > 0, name
+        assert metric.get("ratio") is None or metric["ratio"] > 0, name
         if "goal" in metric:
             assert metric["pass"] in (True, False, None), name
 
@@ -122,6 +124,73 @@ def test_hybrid_suite(tmp_path):
     assert flat["goal"] == "< 1.1" and flat["pass"] == (flat["ratio"] < 1.1)
 
 
+def _check_ssm_suite(res: dict, plot) -> None:
+    """Every ssm row present and recomputed from the raw times; parity passed for every pair timed."""
+    assert res["status"] == "ok" and res["parity"]["passed"] is True
+    _check_metrics(res, ["ours", "transformers", "mamba", "mamba2", "dense"])
+    refs = [ref for ref, _ in ssm.REFERENCES if ref not in res["skipped"]]
+    assert {"MambaForCausalLM", "Mamba2ForCausalLM"} <= set(refs)
+    for ref in refs:
+        assert res["parity"][f"max_abs_logit_diff[{ref}]"] <= ssm.SSM_PARITY_TOL
+        assert res["parity"][f"greedy_tokens_differing[{ref}]"] == 0
+    contexts, metrics, raw = QUICK["ssm_contexts"].split(","), res["metrics"], res["raw"]
+    lo, hi = contexts[0], contexts[-1]
+    train_rows = [
+        row for ref, _ in ssm.REFERENCES
+        for row in [f"train tokens/s vs {ref}", *([] if ref in res["skipped"] else [f"train peak memory vs {ref}"])]
+    ]
+    decode_rows = [f"decode {what} @{c}" for c in contexts for what in ("ms/token", "tokens/s")]
+    flat_rows = [f"{n} decode @{hi} / @{lo}" for n in ("mamba", "mamba2")]
+    tail = [f"decode tokens/s @{lo} vs MambaForCausalLM", *flat_rows, "faster than dense from context"]
+    assert list(metrics) == [*train_rows, *decode_rows, *tail]
+    for ref in refs:  # JSON keeps the str keys of raw; contexts become str too
+        speed = metrics[f"train tokens/s vs {ref}"]
+        for name in ("ours", "transformers"):
+            assert len(raw["train_s"][ref][name]) == QUICK["repeats"]
+            assert speed["values"][name] == pytest.approx(QUICK["ssm_seq"] / statistics.median(raw["train_s"][ref][name]))
+        assert speed["ratio"] == pytest.approx(speed["values"]["ours"] / speed["values"]["transformers"])
+        assert speed["goal"] == ">= 1.0" and speed["pass"] == (speed["ratio"] >= 1.0)
+        assert metrics[f"train peak memory vs {ref}"]["values"] == {"ours": None, "transformers": None}  # --no-memory
+    per_token = {c: {n: statistics.median(t) for n, t in raw["decode_s"][c].items()} for c in contexts}
+    for c in contexts:
+        assert all(len(t) == QUICK["repeats"] * QUICK["decode_steps"] for t in raw["decode_s"][c].values())
+        ms, tps = metrics[f"decode ms/token @{c}"], metrics[f"decode tokens/s @{c}"]
+        assert set(ms["values"]) == set(tps["values"]) == {"mamba", "mamba2", "dense"}
+        for name in ms["values"]:
+            assert ms["values"][name] == pytest.approx(per_token[c][name] * 1e3)
+            assert tps["values"][name] == pytest.approx(1 / per_token[c][name])
+        assert tps["ratio_of"] == "mamba/dense" and tps["ratio"] == pytest.approx(per_token[c]["dense"] / per_token[c]["mamba"])
+    assert set(raw["decode_s"][lo]) == {"mamba", "mamba2", "dense", "MambaForCausalLM"}  # the native joins at lo only
+    native = metrics[f"decode tokens/s @{lo} vs MambaForCausalLM"]
+    assert native["ratio"] == pytest.approx(per_token[lo]["MambaForCausalLM"] / per_token[lo]["mamba"])
+    assert native["goal"] == ">= 1.0" and native["pass"] == (native["ratio"] >= 1.0)
+    for name in ("mamba", "mamba2"):
+        flat = metrics[f"{name} decode @{hi} / @{lo}"]
+        assert flat["ratio"] == pytest.approx(per_token[hi][name] / per_token[lo][name])
+        assert flat["goal"] == "<= 1.1" and flat["pass"] == (flat["ratio"] <= 1.1)
+        first = next((int(c) for c in contexts if per_token[c][name] < per_token[c]["dense"]), None)
+        assert metrics["faster than dense from context"]["values"][name] == first
+    if plot is not None:
+        assert plot.stat().st_size > 0
+
+
+def test_ssm_suite(tmp_path):
+    plot = tmp_path / "decode.png" if importlib.util.find_spec("matplotlib") else None
+    res = _run(tmp_path, "ssm", "--no-memory", *(["--plot", str(plot)] if plot else []))
+    _check_ssm_suite(res, plot)
+
+
+def test_ssm_suite_reports_a_reference_from_hf_does_not_take_as_skipped(tmp_path, monkeypatch, capsys):
+    monkeypatch.delitem(ADAPTERS, "jamba", raising=False)  # as before from_hf converted Jamba
+    res = _run(tmp_path, "ssm", "--no-memory", "--markdown")
+    _check_ssm_suite(res, None)
+    why = res["skipped"]["JambaForCausalLM"]
+    assert why.startswith("from_hf: model_type 'jamba' is not supported") and why in res["setup_text"]
+    assert "greedy_tokens_differing[JambaForCausalLM]" not in res["parity"]
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| train tokens/s vs Jamba"))
+    assert row.endswith("| SKIPPED |")
+
+
 def test_format_table_marks_goals():
     res = {
         "title": "t",
@@ -198,6 +267,14 @@ def _scale_our_moe_output(monkeypatch):
         pytest.param(
             "moe", _flip_our_last_greedy_token, "model greedy tokens: 1 of 4 new tokens differ, first at new token 3",
             {"greedy_tokens_differing": 1, "max_abs_logit_diff": 0.0}, id="moe-model-greedy",
+        ),
+        pytest.param(
+            "ssm", _bump_our_logits, "MambaForCausalLM logits: max_abs_logit_diff 0.01 > tolerance 0.001",
+            {"max_abs_logit_diff[MambaForCausalLM]": 0.01, "max_abs_logit_diff[Mamba2ForCausalLM]": 0.01}, id="ssm-logits",
+        ),
+        pytest.param(
+            "ssm", _flip_our_last_greedy_token, "MambaForCausalLM greedy tokens: 1 of 4 new tokens differ, first at new token 3",
+            {"greedy_tokens_differing[Mamba2ForCausalLM]": 1, "max_abs_logit_diff[Mamba2ForCausalLM]": 0.0}, id="ssm-greedy",
         ),
     ],
 )

@@ -13,12 +13,17 @@ machine noise hits every model alike; every reported number is the median over r
             weights: forward+backward tokens/s and peak memory (`moe`); the model: `llmarch_moe`
             converted from a `MixtralForCausalLM` with `from_hf`: training tokens/s (LM loss plus
             load-balancing loss), greedy `generate` tokens/s and peak memory (`moe_model`).
+* ssm:      `llmarch_ssm` converted with `from_hf` from random `MambaForCausalLM` / `Mamba2ForCausalLM`
+            (and `JambaForCausalLM` once `from_hf` takes it; skipped with the reason until then), same
+            weights: forward+backward tokens/s and peak memory; per-token decode latency of our mamba
+            and mamba2 and a dense model of the same width, depth and parameters at 1k/4k/16k contexts
+            (`ssm_decode`), and our mamba's decode vs MambaForCausalLM's; `--plot PATH` saves the latencies.
 
 A suite that compares ours with a transformers model reports a speed only once parity holds (fp32
 logits within tolerance and equal greedy tokens; for the moe block, outputs and input gradients;
 the moe suite checks block and model before timing either): otherwise
 it fails, says which check failed by how much, and `run` returns 1. Peak memory: see `harness`.
-Speed is measured here, never in unit tests. One module per suite (moe: `moe` and `moe_model`); `harness` times and measures,
+Speed is measured here, never in unit tests. One module per suite (moe: `moe` and `moe_model`; ssm: `ssm` and `ssm_decode`); `harness` times and measures,
 `report` formats, `settings` holds the flags.
 """
 
@@ -39,8 +44,9 @@ from .moe import bench_moe
 from .overhead import bench_overhead
 from .report import format_markdown, format_table
 from .settings import SUITES, add_arguments, resolve_settings
+from .ssm import bench_ssm
 
-SUITE_FNS = {"dense": bench_dense, "overhead": bench_overhead, "hybrid": bench_hybrid, "moe": bench_moe}
+SUITE_FNS = {"dense": bench_dense, "overhead": bench_overhead, "hybrid": bench_hybrid, "moe": bench_moe, "ssm": bench_ssm}
 
 __all__ = ["SUITES", "SUITE_FNS", "add_arguments", "format_markdown", "format_table", "main", "run"]
 

@@ -81,8 +81,8 @@ def checked_dense_pair(suite: str, s, device, res: dict):
     return ours, ref, parity_gate(suite, res, failures)
 
 
-def dense_parity(ours, ref, s, device) -> tuple[dict, list[str]]:
-    """fp32 logits on a random batch within PARITY_TOL, and the same greedy continuation.
+def dense_parity(ours, ref, s, device, tol: float = PARITY_TOL) -> tuple[dict, list[str]]:
+    """fp32 logits on a random batch within `tol`, and the same greedy continuation.
     Returns (the parity fields, one line per failed check saying by how much)."""
     ids = torch.randint(3, s.vocab, (2, min(s.seq, 64)), device=device)
     ours.eval(), ref.eval()
@@ -91,13 +91,13 @@ def dense_parity(ours, ref, s, device) -> tuple[dict, list[str]]:
     new = [generate(m, prompt, s.new_tokens)[0, prompt.shape[1] :] for m in (ours, ref)]  # [new_tokens] each
     differing, first = _tokens_differing(*new)
     failures = []
-    if not diff <= PARITY_TOL:  # `not <=` so that a NaN fails too
-        failures.append(f"logits: max_abs_logit_diff {diff:.3g} > tolerance {PARITY_TOL:g}")
+    if not diff <= tol:  # `not <=` so that a NaN fails too
+        failures.append(f"logits: max_abs_logit_diff {diff:.3g} > tolerance {tol:g}")
     if differing:
         failures.append(f"greedy tokens: {differing} of {len(new[1])} new tokens differ, first at new token {first}")
     parity = {
         "max_abs_logit_diff": diff,
-        "tolerance": PARITY_TOL,
+        "tolerance": tol,
         "greedy_tokens_equal": not differing,
         "greedy_tokens_differing": differing,
         "passed": not failures,

@@ -37,6 +37,8 @@ def _table_rows(res: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, m in res["metrics"].items():
         status = {True: "PASS", False: "MISS", None: "n/a"}[m.get("pass")] if "goal" in m else ""
+        if "skipped" in m:  # a comparison this run could not make; the reason is in the setup text
+            status = "SKIPPED"
         cells = [fmt(m["values"].get(c)) if c in m["values"] else "" for c in cols]
         tail = [fmt(m.get("ratio")), m.get("ratio_of", ""), m.get("goal", ""), status]
         rows.append([f"{name} ({m['unit']})", *cells, *tail])
