@@ -35,6 +35,14 @@ def test_torch_path_matches_the_oracle_with_gradients(with_history, with_resets)
         torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
 
 
+def test_single_token_decode_equals_the_oracle():
+    x, weight, bias, history = _inputs(4)
+    for t in range(3):
+        got = short_conv(x[:, t : t + 1], weight, bias, state=history, mode="torch")
+        torch.testing.assert_close(got, short_conv_naive(x[:, t : t + 1], weight, bias, history), atol=1e-12, rtol=1e-12)
+        history = conv_state_after(x[:, t : t + 1], K, history)
+
+
 def test_a_reset_cuts_the_window_like_separate_sequences():
     x, weight, bias, _ = _inputs(1)
     reset = torch.zeros(B, T, dtype=torch.bool)

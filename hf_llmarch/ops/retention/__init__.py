@@ -8,10 +8,10 @@ state [B, H, Dk, Dv]. They return (o in v's dtype, final_state in fp32 or fp64).
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
+from ..modes import requested_mode
 from .chunk import retention_chunk
 from .naive import retention_naive
 from .parallel import retention_parallel
@@ -35,20 +35,9 @@ VALID_MODES = ("auto", "parallel", "chunk", "recurrent", "naive")
 _logged_path = False
 
 
-def _check_mode(mode, source):
-    if mode not in VALID_MODES:
-        valid = ", ".join(VALID_MODES)
-        raise ValueError(f"unknown retention mode {mode!r} (from {source}); valid modes: {valid}")
-
-
 def resolve_retention_mode(mode: str, seq_len: int, chunk_size: int = 64) -> str:
     """Concrete mode for `retention`; the env var LLMARCH_RETENTION_MODE overrides "auto"."""
-    _check_mode(mode, "mode argument")
-    if mode == "auto":
-        env = os.environ.get(MODE_ENV_VAR, "").strip()
-        if env:
-            _check_mode(env, MODE_ENV_VAR)
-            mode = env
+    mode, _ = requested_mode("retention", mode, VALID_MODES, MODE_ENV_VAR)
     if mode != "auto":
         return mode
     if seq_len == 1:

@@ -8,8 +8,8 @@ They return (y [B, T, H] in u's dtype, final_state complex64, or complex128 for 
 from __future__ import annotations
 
 import logging
-import os
 
+from ..modes import requested_mode
 from .chunk import s4d_chunk
 from .fft import s4d_fft
 from .naive import s4d_naive, s4d_step
@@ -33,23 +33,11 @@ VALID_MODES = ("auto", "fft", "chunk", "naive")
 _logged_path = False
 
 
-def _check_mode(mode, source):
-    if mode not in VALID_MODES:
-        valid = ", ".join(VALID_MODES)
-        raise ValueError(f"unknown s4d mode {mode!r} (from {source}); valid modes: {valid}")
-
-
 def resolve_s4d_mode(mode: str = "auto", reset=None, seq_len: int | None = None) -> str:
     """Concrete mode for `s4d_scan`; the env var LLMARCH_S4D_MODE overrides "auto", which picks one
     recurrence "step" for a single token (decode), else "fft" without resets and "chunk" with them
     (a convolution cannot restart its state)."""
-    _check_mode(mode, "mode argument")
-    source = "mode argument"
-    if mode == "auto":
-        env = os.environ.get(MODE_ENV_VAR, "").strip()
-        if env:
-            _check_mode(env, MODE_ENV_VAR)
-            mode, source = env, MODE_ENV_VAR
+    mode, source = requested_mode("s4d", mode, VALID_MODES, MODE_ENV_VAR)
     if mode == "auto" and seq_len == 1:
         return "step"
     if mode == "auto":

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import torch
 
+from ..modes import requested_mode
 from .chunk import selective_scan_chunk
 from .naive import selective_scan_naive, selective_scan_step
 
@@ -31,12 +31,6 @@ MODE_ENV_VAR = "LLMARCH_SELECTIVE_SCAN_MODE"
 VALID_MODES = ("auto", "chunk", "naive", "cuda")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _logged_paths: set[str] = set()
-
-
-def _check_mode(mode, source):
-    if mode not in VALID_MODES:
-        valid = ", ".join(VALID_MODES)
-        raise ValueError(f"unknown selective scan mode {mode!r} (from {source}); valid modes: {valid}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,12 +60,7 @@ def resolve_selective_scan_mode(mode: str, x, initial_state=None, reset=None) ->
     """Concrete mode for `selective_scan`; LLMARCH_SELECTIVE_SCAN_MODE overrides "auto".
     "auto" takes one recurrence step for a single token (decode), the fused kernel when it can run
     these inputs, else "chunk"."""
-    _check_mode(mode, "mode argument")
-    if mode == "auto":
-        env = os.environ.get(MODE_ENV_VAR, "").strip()
-        if env:
-            _check_mode(env, MODE_ENV_VAR)
-            mode = env
+    mode, _ = requested_mode("selective scan", mode, VALID_MODES, MODE_ENV_VAR)
     if mode == "auto" and x.shape[1] == 1:
         return "step"
     if mode == "auto":

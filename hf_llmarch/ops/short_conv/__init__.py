@@ -10,11 +10,11 @@ LLMARCH_SHORT_CONV_MODE overrides "auto".
 """
 
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
 
+from ..modes import requested_mode
 from .naive import short_conv_naive
 
 logger = logging.getLogger("hf_llmarch")
@@ -36,12 +36,7 @@ def _causal_conv1d_fn():
 
 def resolve_short_conv_mode(mode: str, x: torch.Tensor, state=None, reset=None) -> str:
     """The path `short_conv` runs; the kernel takes no carried state and no resets here."""
-    if mode not in VALID_MODES:
-        raise ValueError(f"unknown short conv mode {mode!r} (from the mode argument); valid: {list(VALID_MODES)}")
-    if mode == "auto" and os.environ.get(MODE_ENV_VAR, "").strip():
-        mode = os.environ[MODE_ENV_VAR].strip()
-        if mode not in VALID_MODES[1:]:
-            raise ValueError(f"unknown short conv mode {mode!r} (from {MODE_ENV_VAR}); valid: {list(VALID_MODES[1:])}")
+    mode, _ = requested_mode("short conv", mode, VALID_MODES, MODE_ENV_VAR)
     if mode != "auto":
         return mode
     kernel_fits = x.is_cuda and state is None and reset is None and _causal_conv1d_fn() is not None
@@ -65,7 +60,9 @@ def short_conv_torch(x, weight, bias=None, state=None, reset=None) -> torch.Tens
     width = weight.shape[1]
     history = x.new_zeros(x.shape[0], x.shape[2], width - 1) if state is None else state.to(x.dtype)
     padded = torch.cat([history, x.transpose(1, 2)], dim=-1)  # [B, C, K-1+T]
-    if reset is None:
+    if x.shape[1] == 1 and reset is None:  # decode: one window, a multiply-add beats a conv call
+        y = (padded * weight.to(x.dtype)).sum(-1)[:, None]  # [B, 1, C]
+    elif reset is None:
         y = F.conv1d(padded, weight.to(x.dtype)[:, None], bias=None, groups=weight.shape[0])  # [B, C, T]
         y = y.transpose(1, 2)
     else:

@@ -8,10 +8,10 @@ All forms return (y in x's dtype, final_state in fp32, or fp64 when the inputs a
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
+from ..modes import requested_mode
 from .chunk import ssd_chunk
 from .cuda import load_kernel, ssd_cuda
 from .naive import ssd_naive, ssd_step
@@ -24,12 +24,6 @@ MODE_ENV_VAR = "LLMARCH_SSD_MODE"
 VALID_MODES = ("auto", "chunk", "naive", "cuda")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _logged_path = False
-
-
-def _check_mode(mode, source):
-    if mode not in VALID_MODES:
-        valid = ", ".join(VALID_MODES)
-        raise ValueError(f"unknown SSD mode {mode!r} (from {source}); valid modes: {valid}")
 
 
 def _check_cuda_runnable(x, source):
@@ -46,13 +40,7 @@ def resolve_ssd_mode(mode: str, x, reset=None) -> str:
     """Concrete path for `ssd_scan`: "cuda", "chunk", "naive", or "step" (auto with one token).
     LLMARCH_SSD_MODE overrides "auto"; an explicit "cuda" that cannot run raises RuntimeError.
     `reset` is accepted for reporting symmetry: every path supports it."""
-    _check_mode(mode, "mode argument")
-    source = "mode argument"
-    if mode == "auto":
-        env = os.environ.get(MODE_ENV_VAR, "").strip()
-        if env:
-            _check_mode(env, MODE_ENV_VAR)
-            mode, source = env, MODE_ENV_VAR
+    mode, source = requested_mode("SSD", mode, VALID_MODES, MODE_ENV_VAR)
     if mode == "cuda":
         _check_cuda_runnable(x, source)
     if mode != "auto":
