@@ -41,6 +41,19 @@ def native_pad_token_id(value: int | None) -> int | None:
     return value
 
 
+def rename_key(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    """`key` with each (regex anchored at the start, replacement) of `renames` applied in order."""
+    for pattern, replacement in renames:
+        key = re.sub("^" + pattern, replacement, key)
+    return key
+
+
+def take_under_native_names(src, expected: dict[str, tuple], native_key) -> dict:
+    """For export: each native key of `expected` filled from our tensor whose `native_key(ours)` it is."""
+    ours = {native_key(key): key for key in src.keys()}
+    return {key: src.take(ours.get(key, key), shape) for key, shape in expected.items()}
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model: missing, unexpected or mis-shaped tensors, or unreadable files."""
 

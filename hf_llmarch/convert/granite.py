@@ -19,7 +19,7 @@ import torch
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
 
 from ..models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM
-from .checkpoint import native_pad_token_id
+from .checkpoint import native_pad_token_id, rename_key, take_under_native_names
 
 OURS = (LlmArchHybridConfig, LlmArchHybridForCausalLM)
 FFN_KINDS = ("mlp", "moe")
@@ -44,9 +44,7 @@ _FIXED_ROUTED = {"router_type": "softmax_topk", "norm_topk_prob": True, "shared_
 
 
 def native_key(ours: str) -> str:
-    for pattern, native in _RENAMES:
-        ours = re.sub("^" + pattern, native, ours)
-    return ours
+    return rename_key(ours, _RENAMES)
 
 
 def config_from_hf(cfg) -> dict:
@@ -115,18 +113,17 @@ def _from_shared_mlp(src, layer: str, proj: str, shape: tuple) -> torch.Tensor:
 
 
 def state_dict_to_hf(src, expected: dict[str, tuple], config) -> dict:
-    ours = {native_key(key): key for key in src.keys()}
-    state_dict = {}
+    """The shared MLP's fused input_linear from our gate and up projections; the rest by name."""
+    shared_mlp = {}
     for key, shape in expected.items():
         layer, _, name = key.partition(".shared_mlp.")
         prefix = f"{layer}.mlp.shared_expert." if config.shared_expert_intermediate_size else f"{layer}.mlp."
         if name == "input_linear.weight":
-            state_dict[key] = torch.cat([src.take(f"{prefix}gate_proj.weight"), src.take(f"{prefix}up_proj.weight")])
+            shared_mlp[key] = torch.cat([src.take(f"{prefix}gate_proj.weight"), src.take(f"{prefix}up_proj.weight")])
         elif name == "output_linear.weight":
-            state_dict[key] = src.take(f"{prefix}down_proj.weight", shape)
-        else:
-            state_dict[key] = src.take(ours.get(key, key), shape)
-    return state_dict
+            shared_mlp[key] = src.take(f"{prefix}down_proj.weight", shape)
+    rest = {key: shape for key, shape in expected.items() if key not in shared_mlp}
+    return shared_mlp | take_under_native_names(src, rest, native_key)
 
 
 def check_expressible(config, target: str):

@@ -12,12 +12,11 @@ ours are `mamba_mode` and LLMARCH_SELECTIVE_SCAN_MODE) and `output_router_logits
 """
 
 import logging
-import re
 
 from transformers import JambaConfig, JambaForCausalLM
 
 from ..models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM
-from .checkpoint import native_pad_token_id
+from .checkpoint import native_pad_token_id, rename_key, take_under_native_names
 from .moe import fused_experts
 
 logger = logging.getLogger(__name__)
@@ -45,9 +44,7 @@ _FIXED = {
 
 
 def native_key(ours: str) -> str:
-    for pattern, native in _RENAMES:
-        ours = re.sub("^" + pattern, native, ours)
-    return ours
+    return rename_key(ours, _RENAMES)
 
 
 def config_from_hf(cfg) -> dict:
@@ -102,8 +99,7 @@ def state_dict_from_hf(src, expected: dict[str, tuple], config) -> dict:
 
 
 def state_dict_to_hf(src, expected: dict[str, tuple], config) -> dict:
-    ours = {native_key(key): key for key in src.keys()}
-    return {key: src.take(ours.get(key, key), shape) for key, shape in expected.items()}
+    return take_under_native_names(src, expected, native_key)
 
 
 def check_expressible(config, target: str):

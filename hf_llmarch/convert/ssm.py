@@ -12,12 +12,11 @@ fp32), `use_mambapy` / `use_associative_scan` (transformers' own path choices; o
 """
 
 import logging
-import re
 
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
 from ..models.ssm import LlmArchSsmConfig, LlmArchSsmForCausalLM
-from .checkpoint import native_pad_token_id
+from .checkpoint import native_pad_token_id, rename_key, take_under_native_names
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +36,7 @@ _RENAMES = (  # (ours, native) module paths
 
 
 def native_key(ours: str) -> str:
-    for pattern, native in _RENAMES:
-        ours = re.sub("^" + pattern, native, ours)
-    return ours
+    return rename_key(ours, _RENAMES)
 
 
 def config_from_hf(cfg) -> dict:
@@ -103,8 +100,7 @@ def state_dict_from_hf(src, expected: dict[str, tuple], config) -> dict:
 
 
 def state_dict_to_hf(src, expected: dict[str, tuple], config) -> dict:
-    ours = {native_key(key): key for key in src.keys()}
-    return {key: src.take(ours.get(key, key), shape) for key, shape in expected.items()}
+    return take_under_native_names(src, expected, native_key)
 
 
 def check_expressible(config, target: str):
