@@ -11,7 +11,7 @@ from transformers.activations import ACT2FN
 from ..ops.moe import moe_experts, validate_moe_impl
 from .mlp import build_mlp
 from .router_stats import count_tokens_per_expert, load_entropy, router_losses
-from .routers import RouterOutput, build_router, validate_router_config
+from .routers import RouterAux, RouterOutput, build_router, validate_router_config
 
 __all__ = ["MoEExperts", "MoEFeedForward", "MoEStatsCallback", "count_tokens_per_expert", "router_losses"]
 
@@ -68,14 +68,25 @@ class MoEFeedForward(nn.Module):
         shared_size = config.shared_expert_intermediate_size
         self.shared_expert = build_mlp(config, shared_size) if shared_size else None
         self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False) if config.shared_expert_gate else None
-        self.last_tokens_per_expert: torch.Tensor | None = None
-        self.last_dropped_tokens: torch.Tensor | None = None
+        self._last_routing: RouterAux | None = None  # the latest forward's routing, counted when read
         self.last_losses: dict[str, torch.Tensor] = {}
 
     @staticmethod
     def validate(config) -> None:
         """The config's hook for layers of kind `moe`: router defaults and checks (see routers.py)."""
         validate_router_config(config)
+
+    @property
+    def last_tokens_per_expert(self) -> torch.Tensor | None:
+        """int64 [E] from the latest forward, counted when read (decode steps skip the counting)."""
+        return None if self._last_routing is None else self._last_routing.tokens_per_expert
+
+    @property
+    def last_dropped_tokens(self) -> torch.Tensor | None:
+        if self._last_routing is None:
+            return None
+        dropped = self._last_routing.dropped_tokens
+        return torch.zeros((), dtype=torch.long, device=self._last_routing.topk_idx.device) if dropped is None else dropped
 
     @property
     def last_load_balancing_loss(self) -> torch.Tensor | None:
@@ -131,8 +142,7 @@ class MoEFeedForward(nn.Module):
             out = out + self._shared_output(x)
         out = out.view_as(hidden_states)
 
-        self.last_tokens_per_expert = aux.tokens_per_expert.detach()
-        self.last_dropped_tokens = aux.dropped_tokens.detach()
+        self._last_routing = aux.statistics()
         if not compute_losses:
             return out, None
         self.last_losses = {name: loss.detach() for name, loss in aux.losses.items()}

@@ -28,21 +28,29 @@ SHARED_FIELDS = {"router_type": "softmax_topk"}
 
 @dataclass
 class RouterAux:
-    """losses: name -> unweighted scalar (empty when not computed); statistics over real tokens."""
+    """losses: name -> unweighted scalar (empty when not computed). The expert load is counted only
+    when read (training statistics, the Trainer's logging): decode steps never pay for it."""
 
-    tokens_per_expert: torch.Tensor  # int64 [E]: tokens the experts actually process (all k slots)
-    dropped_tokens: torch.Tensor  # int64 []: real tokens whose expert was full (Switch only)
+    topk_idx: torch.Tensor  # [N, k] int64
+    counted: torch.Tensor  # [N] bool: tokens the experts actually process (real, and for Switch kept)
+    num_experts: int
+    dropped_tokens: torch.Tensor | None = None  # int64 []: real tokens whose expert was full (Switch only)
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def tokens_per_expert(self) -> torch.Tensor:
+        """int64 [E]: assignments over all k slots of the counted tokens."""
+        return count_tokens_per_expert(self.topk_idx, self.num_experts, self.counted)
+
+    def statistics(self) -> "RouterAux":
+        """The same routing without the losses, so keeping it holds no autograd graph."""
+        return RouterAux(self.topk_idx.detach(), self.counted.detach(), self.num_experts, self.dropped_tokens)
 
 
 class RouterOutput(NamedTuple):
     topk_idx: torch.Tensor  # [N, k] int64
     topk_weight: torch.Tensor  # [N, k] fp32
     aux: RouterAux
-
-
-def _no_drops(device) -> torch.Tensor:
-    return torch.zeros((), dtype=torch.long, device=device)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -78,7 +86,7 @@ class SoftmaxTopKRouter(Router):
         topk_weight, topk_idx = logits.softmax(dim=-1).topk(self.top_k, dim=-1)  # [N, k]
         if self.norm_topk_prob:
             topk_weight = topk_weight / topk_weight.sum(dim=-1, keepdim=True)
-        aux = RouterAux(count_tokens_per_expert(topk_idx, self.num_experts, real), _no_drops(x.device))
+        aux = RouterAux(topk_idx, real, self.num_experts)
         if compute_losses:
             lb, z, _ = router_losses(logits, topk_idx, self.num_experts, real)
             aux.losses = {"load_balancing": lb, "z": z}
@@ -119,7 +127,7 @@ class NoisyTopKRouter(Router):
         top_val, top_idx = noisy.topk(self.top_k + 1, dim=-1)  # [N, k+1]; the extra one feeds the load estimator
         topk_idx = top_idx[:, : self.top_k]  # [N, k]
         topk_weight = top_val[:, : self.top_k].softmax(dim=-1)  # softmax after KeepTopK
-        aux = RouterAux(count_tokens_per_expert(topk_idx, self.num_experts, real), _no_drops(x.device))
+        aux = RouterAux(topk_idx, real, self.num_experts)
         if compute_losses:
             gates = torch.zeros_like(logits).scatter(1, topk_idx, topk_weight)  # G(x) [N, E]
             importance = torch.where(real[:, None], gates, 0.0).sum(0)  # [E]
@@ -168,7 +176,7 @@ class SwitchRouter(Router):
         kept = self._within_capacity(topk_idx[:, 0], real)  # [N]
         topk_weight = torch.where(kept[:, None], topk_weight, 0.0)
         dropped = (real & ~kept).sum()
-        aux = RouterAux(count_tokens_per_expert(topk_idx, self.num_experts, real & kept), dropped)
+        aux = RouterAux(topk_idx, real & kept, self.num_experts, dropped)
         if compute_losses:
             lb, z, _ = router_losses(logits, topk_idx, self.num_experts, real)
             aux.losses = {"load_balancing": lb, "z": z}
@@ -218,7 +226,7 @@ class HierarchicalRouter(Router):
         inner_val, inner_idx = inner.topk(self.per_group_k, dim=-1)  # [N, g, k/g]
         topk_weight = (group_weight[..., None] * inner_val.softmax(dim=-1)).reshape(n, -1)  # [N, k]
         topk_idx = (group_idx[..., None] * group_size + inner_idx).reshape(n, -1)  # [N, k]
-        aux = RouterAux(count_tokens_per_expert(topk_idx, self.num_experts, real), _no_drops(x.device))
+        aux = RouterAux(topk_idx, real, self.num_experts)
         if compute_losses:
             aux.losses = self._losses(logits, group_logits, topk_idx, real)
         return RouterOutput(topk_idx, topk_weight, aux)
@@ -274,12 +282,11 @@ class DeepSeekRouter(Router):
         if self.norm_topk_prob:
             topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
         topk_weight = topk_weight * self.routed_scaling_factor
-        tokens_per_expert = count_tokens_per_expert(topk_idx, self.num_experts, real)
+        aux = RouterAux(topk_idx, real, self.num_experts)
         if self.training:
             # A checkpointed layer's recompute counts its tokens twice; every expert doubles, so the
             # sign(mean - load) update is unchanged.
-            self.load_since_update += tokens_per_expert.detach()
-        aux = RouterAux(tokens_per_expert, _no_drops(x.device))
+            self.load_since_update += aux.tokens_per_expert.detach()
         if compute_losses:
             aux.losses = {"seq_balance": self.sequence_balance_loss(scores, topk_idx, real, sequences)}
         return RouterOutput(topk_idx, topk_weight, aux)
