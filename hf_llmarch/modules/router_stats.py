@@ -17,10 +17,13 @@ def router_losses(
     topk_idx: torch.Tensor,
     num_experts: int,
     token_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    probs: torch.Tensor | None = None,
+    with_z: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(load_balancing_loss, z_loss, tokens_per_expert) for one layer, over real tokens only.
 
-    router_logits [N, E]; topk_idx [N, k]; token_mask [N] (True = real token) or None (all real).
+    router_logits [N, E]; topk_idx [N, k]; token_mask [N] (True = real token) or None (all real);
+    probs: softmax(logits) when the router already has it; with_z=False skips the z-loss (None).
     lb = E * sum_e (count_e / N_real) * mean_real(softmax(logits))[e]   (HF Mixtral, one layer)
     z  = mean_real(logsumexp(logits) ** 2)                             (ST-MoE)
     tokens_per_expert: int64 [E], assignments over all k slots of real tokens.
@@ -31,8 +34,10 @@ def router_losses(
     tokens_per_expert = count_tokens_per_expert(topk_idx, num_experts, real)
 
     # where() rather than multiplying by the mask, so inf/nan logits at padded tokens cannot leak in.
-    probs = torch.where(real.unsqueeze(1), logits.softmax(-1), 0.0)  # [N, E]
+    probs = torch.where(real.unsqueeze(1), logits.softmax(-1) if probs is None else probs, 0.0)  # [N, E]
     lb = num_experts * (tokens_per_expert.float() / n_real * (probs.sum(0) / n_real)).sum()
+    if not with_z:
+        return lb, None, tokens_per_expert
     lse = torch.where(real, torch.logsumexp(logits, dim=-1), 0.0)  # [N]
     z = lse.square().sum() / n_real
     return lb, z, tokens_per_expert

@@ -73,6 +73,13 @@ class Router(nn.Module):
     def validate(cls, config) -> None:
         """Raise a ValueError naming the field for a setting this router cannot use."""
 
+    def balance_losses(self, logits, probs, topk_idx, real) -> dict[str, torch.Tensor]:
+        """Switch/Mixtral load balancing, and the z-loss unless its coefficient is 0 (then it is not
+        computed: no logsumexp kept for backward)."""
+        with_z = self.loss_coefs["z"] > 0
+        lb, z, _ = router_losses(logits, topk_idx, self.num_experts, real, probs=probs, with_z=with_z)
+        return {"load_balancing": lb, "z": z} if with_z else {"load_balancing": lb}
+
 
 class SoftmaxTopKRouter(Router):
     """Mixtral: p = softmax(logits) in fp32, top-k of p, optionally renormalised over the k kept.
@@ -83,13 +90,13 @@ class SoftmaxTopKRouter(Router):
         self.norm_topk_prob = config.norm_topk_prob
 
     def forward(self, x, logits, real, sequences, compute_losses=True) -> RouterOutput:
-        topk_weight, topk_idx = logits.softmax(dim=-1).topk(self.top_k, dim=-1)  # [N, k]
+        probs = logits.softmax(dim=-1)  # [N, E]
+        topk_weight, topk_idx = probs.topk(self.top_k, dim=-1)  # [N, k]
         if self.norm_topk_prob:
             topk_weight = topk_weight / topk_weight.sum(dim=-1, keepdim=True)
         aux = RouterAux(topk_idx, real, self.num_experts)
         if compute_losses:
-            lb, z, _ = router_losses(logits, topk_idx, self.num_experts, real)
-            aux.losses = {"load_balancing": lb, "z": z}
+            aux.losses = self.balance_losses(logits, probs, topk_idx, real)
         return RouterOutput(topk_idx, topk_weight, aux)
 
 
@@ -172,14 +179,14 @@ class SwitchRouter(Router):
         return torch.ceil(self.capacity_factor * n_real / self.num_experts)
 
     def forward(self, x, logits, real, sequences, compute_losses=True) -> RouterOutput:
-        topk_weight, topk_idx = logits.softmax(dim=-1).max(dim=-1, keepdim=True)  # [N, 1]
+        probs = logits.softmax(dim=-1)  # [N, E]
+        topk_weight, topk_idx = probs.max(dim=-1, keepdim=True)  # [N, 1]
         kept = self._within_capacity(topk_idx[:, 0], real)  # [N]
         topk_weight = torch.where(kept[:, None], topk_weight, 0.0)
         dropped = (real & ~kept).sum()
         aux = RouterAux(topk_idx, real & kept, self.num_experts, dropped)
         if compute_losses:
-            lb, z, _ = router_losses(logits, topk_idx, self.num_experts, real)
-            aux.losses = {"load_balancing": lb, "z": z}
+            aux.losses = self.balance_losses(logits, probs, topk_idx, real)
         return RouterOutput(topk_idx, topk_weight, aux)
 
     def _within_capacity(self, expert: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

@@ -217,3 +217,12 @@ def test_switch_capacity_compiles_into_one_graph():
     out, aux = torch.compile(block, backend="aot_eager", fullgraph=True)(x, token_mask)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(aux, ref_aux, rtol=1e-5, atol=1e-6)
+
+
+def test_a_zero_coefficient_z_loss_is_not_computed():
+    """Converted Mixtral / Qwen-MoE models carry router_z_loss_coef=0: no logsumexp is spent on it."""
+    block = make_block(router_z_loss_coef=0.0).train()
+    x = torch.randn(2, 5, 16)
+    _, aux = block(x)
+    assert set(block.last_losses) == {"load_balancing"} and block.last_z_loss is None
+    torch.testing.assert_close(aux, 0.01 * block.last_load_balancing_loss)
