@@ -54,6 +54,19 @@ def take_under_native_names(src, expected: dict[str, tuple], native_key) -> dict
     return {key: src.take(ours.get(key, key), shape) for key, shape in expected.items()}
 
 
+def shared_fields_from_hf(cfg) -> dict:
+    """Our config fields every native causal LM config holds under the same names: embedding tying,
+    init scale, cache use and the special token ids."""
+    return dict(
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        initializer_range=cfg.initializer_range,
+        use_cache=cfg.use_cache,
+        pad_token_id=native_pad_token_id(cfg.pad_token_id),
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+    )
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model: missing, unexpected or mis-shaped tensors, or unreadable files."""
 

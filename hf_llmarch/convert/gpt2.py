@@ -8,7 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ..models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM
-from .checkpoint import native_pad_token_id
+from .checkpoint import shared_fields_from_hf
 
 # Our family these checkpoints convert to, and the FFN kinds its native layers express.
 OURS = (LlmArchDenseConfig, LlmArchDenseForCausalLM)
@@ -45,6 +45,7 @@ def config_from_hf(cfg) -> dict:
             raise ValueError(f"gpt2 {field}={getattr(cfg, field)!r} cannot be converted: llmarch_dense needs {value!r}")
     n, hidden = cfg.n_layer, cfg.n_embd
     return dict(
+        **shared_fields_from_hf(cfg),
         vocab_size=cfg.vocab_size,
         hidden_size=hidden,
         intermediate_size=cfg.n_inner if cfg.n_inner is not None else 4 * hidden,
@@ -65,12 +66,6 @@ def config_from_hf(cfg) -> dict:
         # Dropout only acts in training; we have one rate for embeddings and residuals.
         attention_dropout=float(cfg.attn_pdrop),
         hidden_dropout=float(cfg.resid_pdrop),
-        initializer_range=cfg.initializer_range,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        use_cache=cfg.use_cache,
-        pad_token_id=native_pad_token_id(cfg.pad_token_id),
-        bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_id,
     )
 
 

@@ -19,7 +19,7 @@ import torch
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
 
 from ..models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM
-from .checkpoint import native_pad_token_id, rename_key, take_under_native_names
+from .checkpoint import rename_key, shared_fields_from_hf, take_under_native_names
 
 OURS = (LlmArchHybridConfig, LlmArchHybridForCausalLM)
 FFN_KINDS = ("mlp", "moe")
@@ -76,8 +76,7 @@ def config_from_hf(cfg) -> dict:
         mamba2_head_dim=head_dim, mamba2_n_groups=cfg.mamba_n_groups, mamba2_chunk_size=cfg.mamba_chunk_size,
         mamba2_conv_bias=cfg.mamba_conv_bias, mamba2_proj_bias=cfg.mamba_proj_bias,
         mamba2_dt_limit=[float(v) for v in cfg.time_step_limit],
-        tie_word_embeddings=cfg.tie_word_embeddings, initializer_range=cfg.initializer_range, use_cache=cfg.use_cache,
-        pad_token_id=native_pad_token_id(cfg.pad_token_id), bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+        **shared_fields_from_hf(cfg),
     )
 
 

@@ -16,7 +16,7 @@ import logging
 from transformers import JambaConfig, JambaForCausalLM
 
 from ..models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM
-from .checkpoint import native_pad_token_id, rename_key, take_under_native_names
+from .checkpoint import rename_key, shared_fields_from_hf, take_under_native_names
 from .moe import fused_experts
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def config_from_hf(cfg) -> dict:
     if cfg.hidden_act != "silu":
         raise ValueError(f"jamba hidden_act={cfg.hidden_act!r} cannot be converted: our Mamba mixer gates with silu")
     return dict(
+        **shared_fields_from_hf(cfg),
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -77,12 +78,6 @@ def config_from_hf(cfg) -> dict:
         mamba_conv_bias=cfg.mamba_conv_bias,
         mamba_proj_bias=cfg.mamba_proj_bias,
         mamba_inner_norms=True,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        initializer_range=cfg.initializer_range,
-        use_cache=cfg.use_cache,
-        pad_token_id=native_pad_token_id(cfg.pad_token_id),
-        bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_id,
     )
 
 

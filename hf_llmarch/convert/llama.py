@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from ..models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM
-from .checkpoint import native_pad_token_id
+from .checkpoint import shared_fields_from_hf
 
 # Our family these checkpoints convert to, and the FFN kinds its native layers express.
 OURS = (LlmArchDenseConfig, LlmArchDenseForCausalLM)
@@ -62,6 +62,7 @@ def config_from_hf(cfg, model_type: str | None = None, mixers: list[str] | None 
     else:
         bias, out_bias, mlp_bias = model_type == "qwen2", False, False
     return dict(
+        **shared_fields_from_hf(cfg),
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -83,12 +84,6 @@ def config_from_hf(cfg, model_type: str | None = None, mixers: list[str] | None 
         attention_out_bias=out_bias,
         sliding_window=cfg.sliding_window if "swa" in mixers else None,
         attention_dropout=float(cfg.attention_dropout or 0.0),
-        initializer_range=cfg.initializer_range,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        use_cache=cfg.use_cache,
-        pad_token_id=native_pad_token_id(cfg.pad_token_id),
-        bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_id,
     )
 
 

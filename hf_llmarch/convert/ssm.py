@@ -16,7 +16,7 @@ import logging
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
 from ..models.ssm import LlmArchSsmConfig, LlmArchSsmForCausalLM
-from .checkpoint import native_pad_token_id, rename_key, take_under_native_names
+from .checkpoint import rename_key, shared_fields_from_hf, take_under_native_names
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def config_from_hf(cfg) -> dict:
         raise ValueError(f"{cfg.model_type} hidden_act={cfg.hidden_act!r} cannot be converted: our mixers gate with silu")
     n = cfg.num_hidden_layers
     fields = dict(
+        **shared_fields_from_hf(cfg),
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
         num_attention_heads=1,  # no attention layer; a valid value for the shared fields
@@ -52,12 +53,6 @@ def config_from_hf(cfg) -> dict:
         norm_type="rmsnorm",
         norm_eps=cfg.layer_norm_epsilon,
         position_embedding_type="none",
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        initializer_range=cfg.initializer_range,
-        use_cache=cfg.use_cache,
-        pad_token_id=native_pad_token_id(cfg.pad_token_id),
-        bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_id,
         ssm_dt_min=cfg.time_step_min,
         ssm_dt_max=cfg.time_step_max,
         ssm_dt_init_floor=cfg.time_step_floor,

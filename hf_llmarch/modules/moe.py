@@ -10,8 +10,8 @@ from transformers.activations import ACT2FN
 
 from ..ops.moe import moe_experts, validate_moe_impl
 from .mlp import build_mlp
-from .router_stats import count_tokens_per_expert, load_entropy, router_losses
-from .routers import RouterAux, RouterOutput, build_router, validate_router_config
+from .router_stats import RouterAux, RouterOutput, count_tokens_per_expert, load_entropy, router_losses
+from .routers import build_router, validate_router_config
 
 __all__ = ["MoEExperts", "MoEFeedForward", "MoEStatsCallback", "count_tokens_per_expert", "router_losses"]
 

@@ -2,6 +2,9 @@
 load-balancing loss and ST-MoE z-loss, the squared coefficient of variation (Shazeer 2017) and the
 entropy of the expert load. All count real (non-padded) tokens only."""
 
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
 import torch
 
 
@@ -58,3 +61,30 @@ def real_mask(token_mask: torch.Tensor | None, n: int, device) -> torch.Tensor:
     if token_mask is None:
         return torch.ones(n, dtype=torch.bool, device=device)
     return token_mask.reshape(n).to(device=device, dtype=torch.bool)
+
+
+@dataclass
+class RouterAux:
+    """losses: name -> unweighted scalar (empty when not computed). The expert load is counted only
+    when read (training statistics, the Trainer's logging): decode steps never pay for it."""
+
+    topk_idx: torch.Tensor  # [N, k] int64
+    counted: torch.Tensor  # [N] bool: tokens the experts actually process (real, and for Switch kept)
+    num_experts: int
+    dropped_tokens: torch.Tensor | None = None  # int64 []: real tokens whose expert was full (Switch only)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def tokens_per_expert(self) -> torch.Tensor:
+        """int64 [E]: assignments over all k slots of the counted tokens."""
+        return count_tokens_per_expert(self.topk_idx, self.num_experts, self.counted)
+
+    def statistics(self) -> "RouterAux":
+        """The same routing without the losses, so keeping it holds no autograd graph."""
+        return RouterAux(self.topk_idx.detach(), self.counted.detach(), self.num_experts, self.dropped_tokens)
+
+
+class RouterOutput(NamedTuple):
+    topk_idx: torch.Tensor  # [N, k] int64
+    topk_weight: torch.Tensor  # [N, k] fp32
+    aux: RouterAux

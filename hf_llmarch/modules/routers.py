@@ -9,48 +9,18 @@ from the MoE block's `gate` (kept there so checkpoints keep the Mixtral/DeepSeek
 Math and sources: reference/layers.md §1a.
 """
 
-from dataclasses import dataclass, field
-from typing import NamedTuple
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import TrainerCallback
 
-from .router_stats import count_tokens_per_expert, cv_squared, router_losses
+from .router_stats import RouterAux, RouterOutput, cv_squared, router_losses
 
 # Fields every router reads; each router class adds its own in `FIELDS`.
 # (num_experts, num_experts_per_tok, norm_topk_prob, router_aux_loss_coef and router_z_loss_coef are
 # backbone config fields.)
 SHARED_FIELDS = {"router_type": "softmax_topk"}
-
-
-@dataclass
-class RouterAux:
-    """losses: name -> unweighted scalar (empty when not computed). The expert load is counted only
-    when read (training statistics, the Trainer's logging): decode steps never pay for it."""
-
-    topk_idx: torch.Tensor  # [N, k] int64
-    counted: torch.Tensor  # [N] bool: tokens the experts actually process (real, and for Switch kept)
-    num_experts: int
-    dropped_tokens: torch.Tensor | None = None  # int64 []: real tokens whose expert was full (Switch only)
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def tokens_per_expert(self) -> torch.Tensor:
-        """int64 [E]: assignments over all k slots of the counted tokens."""
-        return count_tokens_per_expert(self.topk_idx, self.num_experts, self.counted)
-
-    def statistics(self) -> "RouterAux":
-        """The same routing without the losses, so keeping it holds no autograd graph."""
-        return RouterAux(self.topk_idx.detach(), self.counted.detach(), self.num_experts, self.dropped_tokens)
-
-
-class RouterOutput(NamedTuple):
-    topk_idx: torch.Tensor  # [N, k] int64
-    topk_weight: torch.Tensor  # [N, k] fp32
-    aux: RouterAux
 
 
 def _check(ok: bool, message: str) -> None:
