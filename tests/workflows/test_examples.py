@@ -3,6 +3,7 @@ claims, checked from its output files and printed numbers; the Hub upload path w
 stand-in for `HfApi` that keeps the real method signatures, and fails in one line without a network."""
 
 import ast
+import csv
 import importlib.util
 import inspect
 import math
@@ -131,9 +132,15 @@ def test_lora_example_adapts_merges_and_saves(pretrained, tmp_path):
 
 def test_compare_architectures_example(tmp_path):
     out = _run_example("compare_architectures.py", "--steps", "4", "--batch-size", "2", cwd=tmp_path)
-    table = out.split("eval loss start")[-1].splitlines()[1:]
+    table = out.split("eval loss start")[-1].split("eval loss curves")[0].splitlines()[1:]
     rows = {line.split()[0]: line.split()[1:] for line in table if line.strip()}
-    assert set(rows) == {"llama-tiny", "gpt2-tiny", "hybrid-tiny"}
+    expected = {"llama-tiny", "gpt2-tiny", "mixtral-tiny", "hybrid-tiny", "jamba-tiny", "mamba-tiny", "mamba2-tiny", "s4d-tiny"}
+    assert set(rows) == expected
+    curves = list(csv.DictReader((tmp_path / "runs/compare/eval_loss.csv").open()))
+    for preset in expected:  # step 0 and the last step, per preset, in the csv the plot is drawn from
+        steps = [int(row["step"]) for row in curves if row["preset"] == preset]
+        assert steps == [0, 1, 2, 3, 4], (preset, steps)  # 4 steps, evaluated every 4 // 5 -> 1 step
+    assert (tmp_path / "runs/compare/eval_loss.png").stat().st_size > 10_000
     for preset, (params, start, end, ppl, seconds) in rows.items():
         numbers = [float(value) for value in (start, end, ppl, seconds)]
         assert int(params.replace(",", "")) > 0 and all(map(math.isfinite, numbers)), preset
