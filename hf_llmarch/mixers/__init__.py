@@ -42,10 +42,8 @@ def validate_mixer_fields(config) -> None:
 
 
 def mixer_config_fields() -> set[str]:
-    """Every config field a mixer owns (for checking override names)."""
-    from . import mamba, mamba2, s4d
-
-    return {name for module in (mamba, mamba2, s4d) for name in module.CONFIG_FIELDS}
+    """Every config field a registered mixer owns (its `config_fields`), for checking override names."""
+    return {name for cls in MIXER_CLASSES.values() for name in getattr(cls, "config_fields", {})}
 
 
 def build_mixer(config, layer_idx: int):

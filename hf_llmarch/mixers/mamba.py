@@ -48,6 +48,7 @@ def dt_rank(config) -> int:
 
 class LlmArchSelectiveSSM(nn.Module):
     block_attr = "mamba"
+    config_fields = CONFIG_FIELDS
 
     def __init__(self, config, layer_idx: int):
         super().__init__()

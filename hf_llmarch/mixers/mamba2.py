@@ -43,6 +43,7 @@ SSD_MODES = ("auto", "chunk", "naive", "cuda")
 
 class LlmArchSSD(nn.Module):
     block_attr = "mamba"
+    config_fields = CONFIG_FIELDS
 
     def __init__(self, config, layer_idx: int):
         super().__init__()

@@ -34,6 +34,7 @@ S4D_MODES = ("auto", "fft", "chunk", "naive")
 
 class LlmArchS4D(nn.Module):
     block_attr = "s4d"
+    config_fields = CONFIG_FIELDS
 
     def __init__(self, config, layer_idx: int):
         super().__init__()

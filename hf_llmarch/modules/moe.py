@@ -115,10 +115,9 @@ class MoEFeedForward(nn.Module):
         sequences: tuple[torch.Tensor, int] | None = None, compute_losses: bool = True,
     ) -> RouterOutput:
         """x [N, H]; token_mask [N] (nonzero = real) or None; sequences (ids [N], count) as `sequence_ids`
-        gives (default: one sequence). Returns RouterOutput with topk_weight in x.dtype."""
+        gives, or None for one sequence. Returns RouterOutput with topk_weight in x.dtype."""
         n = x.shape[0]
         real = torch.ones(n, dtype=torch.bool, device=x.device) if token_mask is None else token_mask.reshape(n).bool()
-        sequences = sequences or (torch.zeros(n, dtype=torch.long, device=x.device), 1)
         out = self.router(x, self.router_logits(x), real, sequences, compute_losses)
         return out._replace(topk_weight=out.topk_weight.to(x.dtype))
 

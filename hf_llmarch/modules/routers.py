@@ -2,7 +2,7 @@
 
 One interface: `router(x [N, H], logits [N, E] fp32, real [N] bool, sequences, compute_losses)`, where
 `sequences = (sequence_ids [N] int64, count)` says which sequence each token belongs to (a batch row, or
-a packed sequence inside one); only sequence-wise losses read it.
+a packed sequence inside one), None meaning one sequence; only sequence-wise losses read it.
 returns `RouterOutput(topk_idx [N, k], topk_weight [N, k] fp32, aux)`. `logits` is `x @ gate.weight.T`
 from the MoE block's `gate` (kept there so checkpoints keep the Mixtral/DeepSeek key `mlp.gate.weight`).
 `aux.losses` holds unweighted scalar losses over real tokens only; `router.loss_coefs` weights them.
@@ -281,7 +281,8 @@ class DeepSeekRouter(Router):
 
     def sequence_balance_loss(self, scores, topk_idx, real, sequences) -> torch.Tensor:
         """Mean over sequences with real tokens of sum_i f_i P_i, each sequence's statistics summed by id."""
-        ids, count = sequences  # [N], S
+        # Built only here, for the loss: inference never pays for the default.
+        ids, count = sequences if sequences is not None else (torch.zeros_like(real, dtype=torch.long), 1)  # [N], S
         keep = real[:, None].float()  # [N, 1]
         selected = torch.zeros_like(scores).scatter(1, topk_idx, 1.0) * keep  # [N, E]
         normed = scores / scores.sum(-1, keepdim=True) * keep  # s' [N, E]
