@@ -36,11 +36,13 @@ def main(out_dir: str, preset: str):
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
-    # Tear gloo down explicitly: exiting with the group alive can abort a rank
-    # ("terminate called without an active exception") after its work is done.
+    # Both ranks have written their results; leave without tearing gloo down. Exiting with the group
+    # alive can abort a rank ("terminate called without an active exception"), and destroy_process_group
+    # once hung a rank at exit for the whole torchrun timeout. os._exit runs no teardown at all.
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
