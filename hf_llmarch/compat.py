@@ -22,6 +22,11 @@ CACHE_RENAMED = "cache" in BaseModelOutputWithPast.__dataclass_fields__
 CACHE_ARG = "cache" if CACHE_RENAMED else "past_key_values"
 # transformers' own Mamba / Mamba-2 models (conversion sources) take theirs as `cache_params` before 5.24.
 NATIVE_SSM_CACHE_ARG = "cache" if CACHE_RENAMED else "cache_params"
+# transformers' FalconH1 (a conversion source) with mamba_rms_norm=True cannot generate on 5.17: its cached
+# decode step mis-sizes the attention mask (keys 14, mask 13); 5.24 decodes. Releases between are untested.
+NATIVE_FALCON_H1_NORM_GENERATES = Version(transformers.__version__).release >= (5, 24)
+
+
 # transformers' Mamba-2 gated RMSNorm normalises each of its n_groups slices, as mamba_ssm does, only
 # once it has `group_size` (5.24 has it, 5.17 does not: there it normalises over all groups at once,
 # so a native Mamba-2 with n_groups > 1 computes another function than its mamba_ssm checkpoint).

@@ -18,7 +18,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from .compat import CACHE_NAMES
-from .mixers.registry import FFN_KINDS, GATED_MLP_TP, MIXER_LAYER_TYPES, MIXER_TP_PLANS, MOE_EP_PLAN, PLAIN_MLP_TP
+from .mixers.registry import FFN_KINDS, GATED_MLP_TP, MOE_EP_PLAN, PLAIN_MLP_TP, mixer_layer_type, mixer_tp_plan
 from .pattern import compress_pattern, expand_pattern
 
 ROPE_TYPES = ("default", *ROPE_INIT_FUNCTIONS)
@@ -77,6 +77,8 @@ class LlmArchConfig(PreTrainedConfig):
     residual_multiplier: float = 1.0
     attention_multiplier: float | None = None
     logits_scaling: float = 1.0
+    # Falcon-H1's muP multipliers of the dense gated MLP: down(up(x) * act(gate(x) * m_gate)) * m_down.
+    mlp_multipliers: list[float] | None = None
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
@@ -161,8 +163,7 @@ class LlmArchConfig(PreTrainedConfig):
                 f"layer_pattern/mixer_types describe {n} layers and ffn_types {len(self.ffn_types)}, but "
                 f"num_hidden_layers={self.num_hidden_layers}: make the pattern length equal the layer count"
             )
-        self._check_names()
-        derived = [MIXER_LAYER_TYPES[m] for m in self.mixer_types]
+        derived = self._check_names()
         if self.layer_types is not None and list(self.layer_types) != derived:
             raise ValueError(
                 f"layer_types={list(self.layer_types)} disagrees with mixer_types={self.mixer_types} "
@@ -177,7 +178,7 @@ class LlmArchConfig(PreTrainedConfig):
         heads, dense MLPs by columns); an entry for an absent kind would match no parameter."""
         plan = {}
         for mixer in dict.fromkeys(self.mixer_types):
-            plan |= MIXER_TP_PLANS.get(mixer, {})
+            plan |= mixer_tp_plan(mixer)
         mlp_tp = GATED_MLP_TP if self.mlp_gated else PLAIN_MLP_TP
         if "mlp" in self.ffn_types:
             plan |= mlp_tp
@@ -198,19 +199,21 @@ class LlmArchConfig(PreTrainedConfig):
         super()._remove_keys_not_serialized(d)
         d.pop("base_model_ep_plan", None)
 
-    def _check_names(self):
+    def _check_names(self) -> list[str]:
+        """Check every mixer and FFN name; returns the layer types the mixers need."""
+        layer_types = []
         for i, mixer in enumerate(self.mixer_types):
-            if mixer not in MIXER_LAYER_TYPES:
-                raise ValueError(
-                    f"mixer_types[{i}]={mixer!r} is not a known mixer (from layer_pattern "
-                    f"{self.layer_pattern!r}); valid mixers: {sorted(MIXER_LAYER_TYPES)}"
-                )
+            try:
+                layer_types.append(mixer_layer_type(mixer))
+            except ValueError as err:
+                raise ValueError(f"mixer_types[{i}] (from layer_pattern {self.layer_pattern!r}): {err}") from None
         for i, ffn in enumerate(self.ffn_types):
             if ffn not in FFN_KINDS:
                 raise ValueError(
                     f"ffn_types[{i}]={ffn!r} is not a known FFN kind (from layer_pattern "
                     f"{self.layer_pattern!r}); valid FFN kinds: {list(FFN_KINDS)}"
                 )
+        return layer_types
 
     def validate_llmarch(self):
         """Raise a ValueError naming the field and the fix for any inconsistent setting."""
@@ -255,6 +258,11 @@ class LlmArchConfig(PreTrainedConfig):
         for field in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"{field}={getattr(self, field)!r} must be > 0")
+        if self.mlp_multipliers is not None:
+            if len(self.mlp_multipliers) != 2 or not all(m > 0 for m in self.mlp_multipliers):
+                raise ValueError(f"mlp_multipliers={self.mlp_multipliers!r} must be [gate, down], two positive floats, or None")
+            if not self.mlp_gated:
+                raise ValueError("mlp_multipliers scale the gate of a gated MLP, but mlp_gated=False: set mlp_gated=True or drop them")
         if self.attention_multiplier is not None and not self.attention_multiplier > 0:
             raise ValueError(f"attention_multiplier={self.attention_multiplier!r} must be > 0, or None for head_dim ** -0.5")
         for field in ("attention_dropout", "hidden_dropout"):

@@ -2,7 +2,11 @@
 
     pattern := item (" " item)*
     item    := layer | "(" pattern ")x" N
-    layer   := MIXER ["/" FFN]
+    layer   := mixer ["/" FFN]
+    mixer   := MIXER | "par(" MIXER ("," MIXER)+ ")"
+
+`par(attn,mamba2)` runs its mixers side by side on the same normed input and sums their outputs
+(Falcon-H1's layer); `mixers/parallel.py` says which combinations a cache can hold.
 
 `expand_pattern("(retention/moe attn)x2", default_ffn="mlp")` gives
 `[("retention", "moe"), ("attn", "mlp"), ("retention", "moe"), ("attn", "mlp")]`, and
@@ -11,7 +15,27 @@
 
 import re
 
-_TOKEN = re.compile(r"\(|\)x(\d+)|[^\s()]+")
+# A par(...) layer is one token (its parentheses are not a repeat group); then groups and plain layers.
+_TOKEN = re.compile(r"par\([^()]*\)(?:/[^\s()]+)?|\(|\)x(\d+)|[^\s()]+")
+PARALLEL_PREFIX = "par("
+
+
+def parallel_parts(mixer: str) -> list[str] | None:
+    """The mixers of a `par(a,b)` name, or None for a plain mixer name."""
+    if not (mixer.startswith(PARALLEL_PREFIX) and mixer.endswith(")")):
+        return None
+    return mixer[len(PARALLEL_PREFIX) : -1].split(",")
+
+
+def _canonical_mixer(mixer: str, pattern: str) -> str:
+    """`par( attn , mamba2 )` -> `par(attn,mamba2)`: one spelling per stack, so config.json compares equal."""
+    parts = parallel_parts(mixer)
+    if parts is None:
+        return mixer
+    parts = [part.strip() for part in parts]
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"layer_pattern {pattern!r}: {mixer!r} must name at least two mixers, e.g. 'par(attn,mamba2)'")
+    return PARALLEL_PREFIX + ",".join(parts) + ")"
 
 
 def _tokenize(pattern: str) -> list[str]:
@@ -46,6 +70,7 @@ def _parse(tokens: list[str], i: int, pattern: str, default_ffn: str, depth: int
             return layers, i
         else:
             mixer, _, ffn = tok.partition("/")
+            mixer = _canonical_mixer(mixer, pattern)
             if not mixer:
                 raise ValueError(f"layer_pattern {pattern!r}: empty mixer name in {tok!r}")
             layers.append((mixer, ffn or default_ffn))

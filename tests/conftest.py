@@ -28,6 +28,15 @@ FAMILY_CONFIGS = {
     "jamba": ("jamba-tiny", dict(TINY, moe_intermediate_size=128, layer_pattern="mamba/mlp attn/moe mamba/mlp mamba/moe", mamba_d_state=8)),
     # Granite-4.0-H-style: Mamba-2 and attention, experts + shared MLP everywhere, muP multipliers.
     "granite": ("granite-hybrid-tiny", dict(TINY, moe_intermediate_size=32, layer_pattern="mamba2/moe attn/moe mamba2/moe", mamba2_chunk_size=8)),
+    # Falcon-H1-style: attention beside Mamba-2 in one layer (full and sliding), its muP multipliers,
+    # a Mamba-2 width not tied to expand and the gate without a norm; a plain attention layer between.
+    "falcon": (
+        "falcon-h1-tiny",
+        dict(
+            TINY, layer_pattern="par(attn,mamba2)/mlp attn/mlp par(swa,mamba2)/mlp", sliding_window=4,
+            mamba2_d_inner=96, mamba2_head_dim=16, mamba2_chunk_size=8,
+        ),
+    ),
 }
 
 

@@ -213,6 +213,22 @@ def test_retention_cache_is_constant_and_matches_dynamic_cache():
     assert measured[0] == measured[1] == heads * dk * (2 * dk) * 4  # fp32 state [H, Dk, Dv]
 
 
+@pytest.mark.parametrize("pattern", ["par(attn,mamba2)/mlp attn/mlp", "par(swa,mamba2)/mlp"])
+def test_parallel_layer_cache_is_keys_values_and_a_constant_state(pattern):
+    """A par() layer holds its attention's keys and values (growing, or up to the window) and the
+    Mamba-2 states (constant), all in one cache layer; the figure equals what the cache holds."""
+    config = hf_llmarch.load_preset("falcon-h1-tiny", layer_pattern=pattern, sliding_window=4, parallel_out_multipliers=None)
+    for new_tokens in (2, 6):
+        cache, context = _generate_with_cache(config, prompt_len=5, new_tokens=new_tokens, dtype=torch.bfloat16)
+        predicted = cache_bytes_per_token(config, context, dtype=torch.bfloat16)
+        held = _measured_cache_bytes(cache, config)
+        assert predicted["total_bytes"] == sum(held.values())
+        for layer_type, entry in predicted["by_layer_type"].items():
+            assert entry["total_bytes"] == held[layer_type], layer_type
+    sliding = "swa" in pattern
+    assert predicted["constant_layers"] == ([0] if sliding else [])
+
+
 @pytest.mark.parametrize("preset", ["mamba-tiny", "mamba2-tiny", "s4d-tiny"])
 def test_state_space_cache_is_constant_and_matches_dynamic_cache(preset):
     """bf16 model: the SSM state is fp32, the conv history bf16; neither grows with the context."""
@@ -235,6 +251,7 @@ def test_state_space_cache_is_constant_and_matches_dynamic_cache(preset):
         ("mamba2-130m", "mamba2", 128_989_632, 128_989_632),
         ("jamba-v0.1", "jamba", 51_570_323_328, 12_110_311_296),  # published: 52B total, 12B active
         ("granite-4.0-h-tiny", "granitemoehybrid", 6_939_037_248, 1_465_470_528),  # published: 7B total
+        ("falcon-h1-0.5b", "falcon_h1", 521_411_104, 521_411_104),  # published: 0.52B
     ],
 )
 def test_state_space_presets_match_the_native_model(preset, target, total, active):

@@ -2,9 +2,9 @@
 
 `from_hf` takes a llama / mistral / qwen2 / qwen3 / gpt2 checkpoint (to `llmarch_dense`), a
 mixtral / qwen2_moe / qwen3_moe one (to `llmarch_moe`), a mamba / mamba2 one (to `llmarch_ssm`)
-or a jamba / granitemoehybrid one (to `llmarch_hybrid`), as a directory or an in-memory model, and returns our
+or a jamba / granitemoehybrid / falcon_h1 one (to `llmarch_hybrid`), as a directory or an in-memory model, and returns our
 model with the same logits; `to_hf` goes back. The per-source adapters (`llama.py`, `gpt2.py`,
-`moe.py`, `ssm.py`, `jamba.py`, `granite.py`) map configs and state dicts and name the family they convert to (`OURS`); this module
+`moe.py`, `ssm.py`, `jamba.py`, `granite.py`, `falcon.py`) map configs and state dicts and name the family they convert to (`OURS`); this module
 checks that every tensor is consumed and builds the target model. `save_from_hf` / `save_to_hf`
 write directories.
 """
@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from ..models.modeling import LlmArchForCausalLM
-from . import gpt2, granite, jamba, llama, moe, ssm
+from . import falcon, gpt2, granite, jamba, llama, moe, ssm
 from .checkpoint import CheckpointError, TensorSource, copy_sidecar_files, read_config_json
 
 logger = logging.getLogger(__name__)
@@ -26,12 +26,17 @@ logger = logging.getLogger(__name__)
 ADAPTERS = {
     "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2, "mixtral": moe, "qwen2_moe": moe,
     "qwen3_moe": moe, "mamba": ssm, "mamba2": ssm, "jamba": jamba,
-    "granitemoehybrid": granite,
+    "granitemoehybrid": granite, "falcon_h1": falcon,
 }
 HEAD_KEY = "lm_head.weight"
 # Native families with muP-style scalings; every other target needs ours at their neutral values.
-SCALED_TARGETS = ("granitemoehybrid",)
+SCALED_TARGETS = ("granitemoehybrid", "falcon_h1")
 NEUTRAL_SCALING = {"embedding_multiplier": 1.0, "residual_multiplier": 1.0, "attention_multiplier": None, "logits_scaling": 1.0}
+# Falcon-H1's variants of the MLP and of Mamba-2, which only falcon_h1 can express (a Mamba-2 field is
+# absent from a config without Mamba-2 layers, and then neutral).
+FALCON_ONLY = {
+    "mlp_multipliers": None, "mamba2_proj_multipliers": None, "mamba2_gate_norm": True, "mamba2_norm_before_gate": False,
+}
 OUR_EMBED_KEY = "model.embed_tokens.weight"
 
 __all__ = ["ADAPTERS", "CheckpointError", "from_hf", "infer_target", "save_from_hf", "save_to_hf", "to_hf"]
@@ -46,7 +51,8 @@ def _adapter(model_type: str | None):
 def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchForCausalLM:
     """A native causal LM (directory or model) as ours: `LlmArchDenseForCausalLM` for llama / mistral /
     qwen2 / qwen3 / gpt2, `LlmArchMoeForCausalLM` for mixtral / qwen2_moe / qwen3_moe,
-    `LlmArchSsmForCausalLM` for mamba / mamba2, `LlmArchHybridForCausalLM` for jamba / granitemoehybrid.
+    `LlmArchSsmForCausalLM` for mamba / mamba2, `LlmArchHybridForCausalLM` for jamba / granitemoehybrid /
+    falcon_h1.
 
     `dtype=None` keeps the dtype the weights are stored in."""
     native_config, src, attn = _open_native(path_or_model)
@@ -64,7 +70,7 @@ def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchFor
 def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
     """Our causal LM (model or directory) as a native LlamaForCausalLM / MistralForCausalLM /
     Qwen2ForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel / MixtralForCausalLM / Qwen2MoeForCausalLM / Qwen3MoeForCausalLM /
-    MambaForCausalLM / Mamba2ForCausalLM / JambaForCausalLM / GraniteMoeHybridForCausalLM. `target` defaults to the model type it was converted
+    MambaForCausalLM / Mamba2ForCausalLM / JambaForCausalLM / GraniteMoeHybridForCausalLM / FalconH1ForCausalLM. `target` defaults to the model type it was converted
     from, else to `infer_target`. Raises a ValueError naming the field the target cannot express."""
     model = _load_ours(model_or_path)
     config = model.config
@@ -84,10 +90,13 @@ def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
 
 
 def infer_target(config) -> str:
-    """The native family closest to our config: Mamba or Mamba-2 layers -> mamba / mamba2, with
+    """The native family closest to our config: parallel attention + Mamba-2 -> falcon_h1; Mamba or
+    Mamba-2 layers -> mamba / mamba2, with
     attention -> jamba; MoE layers -> qwen2_moe with a shared expert,
     qwen3_moe with QK-norm or dense layers, else mixtral; learned positions + LayerNorm -> gpt2; QK-norm -> qwen3; q/k/v bias
     without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a mix); else llama."""
+    if any(m.startswith("par(") for m in config.mixer_types):
+        return "falcon_h1"
     if set(config.mixer_types) <= {"mamba", "mamba2"}:
         return config.mixer_types[0]
     if set(config.mixer_types) == {"attn", "mamba"}:
@@ -160,6 +169,16 @@ def _check_plain_stack(config, target: str, mixer_kinds: tuple[str, ...], ffn_ki
             raise ValueError(f"mixer_types[{i}]={mixer!r} cannot be expressed in {target}: only {'/'.join(mixer_kinds)} layers convert")
         if ffn not in ffn_kinds:
             raise ValueError(f"ffn_types[{i}]={ffn!r} cannot be expressed in {target}: only {'/'.join(ffn_kinds)} layers convert")
+    if target != "falcon_h1":
+        for field, neutral in FALCON_ONLY.items():
+            if getattr(config, field, neutral) != neutral:
+                raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed in {target}; only falcon_h1 has it")
+        inner = getattr(config, "mamba2_d_inner", None)
+        if inner is not None and inner != config.mamba2_expand * config.hidden_size:
+            raise ValueError(
+                f"mamba2_d_inner={inner} cannot be expressed in {target}, whose Mamba-2 width is expand * hidden_size "
+                f"({config.mamba2_expand} * {config.hidden_size}); set mamba2_expand to match instead"
+            )
     if target not in SCALED_TARGETS:
         for field, neutral in NEUTRAL_SCALING.items():
             if getattr(config, field) != neutral:

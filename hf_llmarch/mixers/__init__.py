@@ -3,12 +3,15 @@
 A mixer class takes `(config, layer_idx)`, names its attribute in the block with `block_attr`,
 and returns `(output, attention_weights_or_None)` from `forward(hidden_states, attention_mask=...,
 position_ids=..., position_embeddings=..., cache=..., **kwargs)`. `register_mixer` adds
-one under a pattern name with the transformers layer type its cache needs.
+one under a pattern name with the transformers layer type its cache needs. A `par(a,b)` name
+builds `LlmArchParallelMixer` over the named classes (`parallel.py`).
 """
 
+from ..pattern import parallel_parts
 from .attention import LlmArchAttention
 from .mamba import LlmArchSelectiveSSM
 from .mamba2 import LlmArchSSD
+from .parallel import LlmArchParallelMixer
 from .registry import FFN_KINDS, MIXER_LAYER_TYPES, MIXER_TP_PLANS
 from .retention import LlmArchRetention
 from .s4d import LlmArchS4D
@@ -35,19 +38,27 @@ def register_mixer(name: str, cls, layer_type: str, tp_plan: dict[str, str] | No
 def validate_mixer_fields(config) -> None:
     """Run the `validate(config)` hook of every mixer kind in the stack: it fills that mixer's own
     config fields with their defaults and raises a ValueError naming a bad one."""
-    for name in dict.fromkeys(config.mixer_types):
-        hook = getattr(MIXER_CLASSES[name], "validate", None)
+    names = [part for mixer in config.mixer_types for part in parallel_parts(mixer) or [mixer]]
+    classes = [MIXER_CLASSES[name] for name in dict.fromkeys(names)]
+    if len(names) > len(config.mixer_types):  # some layer is a par(): its own fields too
+        classes.append(LlmArchParallelMixer)
+    for cls in classes:
+        hook = getattr(cls, "validate", None)
         if hook is not None:
             hook(config)
 
 
 def mixer_config_fields() -> set[str]:
     """Every config field a registered mixer owns (its `config_fields`), for checking override names."""
-    return {name for cls in MIXER_CLASSES.values() for name in getattr(cls, "config_fields", {})}
+    classes = [*MIXER_CLASSES.values(), LlmArchParallelMixer]
+    return {name for cls in classes for name in getattr(cls, "config_fields", {})}
 
 
 def build_mixer(config, layer_idx: int):
-    return MIXER_CLASSES[config.mixer_types[layer_idx]](config, layer_idx)
+    name = config.mixer_types[layer_idx]
+    if parallel_parts(name) is not None:
+        return LlmArchParallelMixer(config, layer_idx, MIXER_CLASSES)
+    return MIXER_CLASSES[name](config, layer_idx)
 
 
 __all__ = [
@@ -55,6 +66,7 @@ __all__ = [
     "MIXER_CLASSES",
     "MIXER_LAYER_TYPES",
     "LlmArchAttention",
+    "LlmArchParallelMixer",
     "LlmArchRetention",
     "LlmArchS4D",
     "LlmArchSSD",

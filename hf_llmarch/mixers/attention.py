@@ -13,6 +13,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..modules.norms import LlmArchRMSNorm
 from ..modules.rotary import apply_rotary
+from .registry import MASK_OF_LAYER_TYPE
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -47,7 +48,7 @@ class LlmArchAttention(nn.Module):
         self.scaling = config.attention_multiplier or self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
-        is_sliding = config.layer_types[layer_idx] == "sliding_attention"
+        is_sliding = MASK_OF_LAYER_TYPE[config.layer_types[layer_idx]] == "sliding_attention"  # swa, or swa in par()
         self.sliding_window = config.sliding_window if is_sliding else None
         q_out, kv_out = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim
         self.q_proj = nn.Linear(config.hidden_size, q_out, bias=config.attention_bias)

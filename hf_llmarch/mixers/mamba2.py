@@ -3,7 +3,7 @@
 in_proj -> (z, xBC, dt); xBC -> short causal conv -> silu -> (x [H heads of P], B, C [G groups of N]);
 dt = softplus(dt + dt_bias) clamped to `mamba2_dt_limit`; the scalar-decay-per-head scan
 h_t = exp(dt A) h_{t-1} + dt x B^T, y = h C + D x (`ops/ssd`, chunked for training); y -> gated
-RMSNorm with z (gate first, per group) -> out_proj. Parameter names follow transformers'
+RMSNorm with z (gate first, per group; Falcon-H1 may norm first or drop the norm) -> out_proj. Parameter names follow transformers'
 Mamba2Mixer (`in_proj`, `conv1d`, `dt_bias`, `A_log`, `D`, `norm`, `out_proj`).
 
 Padding, packing and the cache as the Mamba-1 mixer: pads write and decay nothing, the conv
@@ -35,6 +35,13 @@ CONFIG_FIELDS = {
     "mamba2_conv_bias": True,
     "mamba2_proj_bias": False,
     "mamba2_dt_limit": [0.0, math.inf],
+    # Falcon-H1's variants: an inner width not tied to expand (None = mamba2_expand * hidden_size), the
+    # output gate without its norm (y * silu(z)), the norm before the gate, and muP multipliers on the
+    # in_proj sections [z, x, B, C, dt] (None = all 1).
+    "mamba2_d_inner": None,
+    "mamba2_gate_norm": True,
+    "mamba2_norm_before_gate": False,
+    "mamba2_proj_multipliers": None,
     "mamba2_mode": "auto",  # SSD path: auto, chunk, naive, cuda (env LLMARCH_SSD_MODE)
     **DT_FIELDS,
 }
@@ -48,7 +55,7 @@ class LlmArchSSD(nn.Module):
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.inner = int(config.mamba2_expand * config.hidden_size)
+        self.inner = mamba2_inner(config)
         self.head_dim, self.groups, self.state_size = config.mamba2_head_dim, config.mamba2_n_groups, config.mamba2_d_state
         self.num_heads = self.inner // self.head_dim
         self.conv_width, self.chunk_size, self.mode = config.mamba2_d_conv, config.mamba2_chunk_size, config.mamba2_mode
@@ -63,7 +70,13 @@ class LlmArchSSD(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
         self.A_log = nn.Parameter(torch.empty(self.num_heads))
         self.D = nn.Parameter(torch.empty(self.num_heads))
-        self.norm = GatedRMSNorm(self.inner, groups=self.groups, eps=config.norm_eps)
+        if config.mamba2_gate_norm:
+            self.norm = GatedRMSNorm(
+                self.inner, groups=self.groups, eps=config.norm_eps, norm_before_gate=config.mamba2_norm_before_gate
+            )
+        self.gate_norm = config.mamba2_gate_norm
+        multipliers = config.mamba2_proj_multipliers
+        self.proj_multipliers = None if multipliers is None or all(m == 1.0 for m in multipliers) else list(multipliers)
         self.out_proj = nn.Linear(self.inner, config.hidden_size, bias=config.mamba2_proj_bias)
 
     @staticmethod
@@ -72,11 +85,17 @@ class LlmArchSSD(nn.Module):
         check_positive_ints(config, "mamba2_d_state", "mamba2_head_dim", "mamba2_n_groups", "mamba2_chunk_size")
         if not isinstance(config.mamba2_d_conv, int) or config.mamba2_d_conv < 2:
             raise ValueError(f"mamba2_d_conv={config.mamba2_d_conv!r} must be an integer >= 2 (the short conv's width)")
-        inner = config.mamba2_expand * config.hidden_size
+        if config.mamba2_d_inner is not None:
+            check_positive_ints(config, "mamba2_d_inner")
+        inner = mamba2_inner(config, exact=False)
+        source = (
+            f"mamba2_d_inner={config.mamba2_d_inner}" if config.mamba2_d_inner is not None
+            else f"mamba2_expand={config.mamba2_expand} * hidden_size={config.hidden_size} = {inner}"
+        )
         if inner != int(inner) or int(inner) % config.mamba2_head_dim:
             raise ValueError(
-                f"mamba2_expand={config.mamba2_expand} * hidden_size={config.hidden_size} = {inner} does not divide into "
-                f"heads of mamba2_head_dim={config.mamba2_head_dim}: pick an expand or head dim that divides it"
+                f"{source} does not divide into heads of mamba2_head_dim={config.mamba2_head_dim}: "
+                "pick an inner width or head dim that divides it"
             )
         heads = int(inner) // config.mamba2_head_dim
         if heads % config.mamba2_n_groups:
@@ -87,6 +106,12 @@ class LlmArchSSD(nn.Module):
         low, high = config.mamba2_dt_limit
         if not 0 <= low < high:
             raise ValueError(f"mamba2_dt_limit={list(config.mamba2_dt_limit)} must be [low, high] with 0 <= low < high")
+        multipliers = config.mamba2_proj_multipliers
+        if multipliers is not None and (len(multipliers) != 5 or not all(m > 0 for m in multipliers)):
+            raise ValueError(
+                f"mamba2_proj_multipliers={multipliers!r} must be 5 positive floats, one per in_proj section "
+                "[z, x, B, C, dt], or None"
+            )
         if config.mamba2_mode not in SSD_MODES:
             raise ValueError(f"mamba2_mode={config.mamba2_mode!r} is unknown; valid: {list(SSD_MODES)}")
         check_dt_range(config)
@@ -101,7 +126,7 @@ class LlmArchSSD(nn.Module):
 
     def forward(self, hidden_states, attention_mask=None, cache=None, sequence_starts=None, **kwargs):
         batch, seq_len, _ = hidden_states.shape
-        z, xbc, dt = self.in_proj(hidden_states).split([self.inner, self.conv_dim, self.num_heads], dim=-1)
+        z, xbc, dt = self._project(hidden_states)
         mask = None if attention_mask is None else attention_mask[..., None].to(xbc.dtype)  # [B, T, 1]
         if mask is not None:
             xbc = xbc * mask  # pads enter the conv as zeros
@@ -123,6 +148,36 @@ class LlmArchSSD(nn.Module):
             chunk_size=self.chunk_size,
         )
         write_recurrent_state(cache, self.layer_idx, state)
-        y = self.norm(y.reshape(batch, seq_len, self.inner), z)
+        y = y.reshape(batch, seq_len, self.inner)
+        y = self.norm(y, z) if self.gate_norm else (y * F.silu(z)).to(hidden_states.dtype)
         return self.out_proj(y), None
+
+    def _project(self, hidden_states):
+        """in_proj split into z [B, T, inner], x B C [B, T, conv_dim] and dt [B, T, H], each section
+        scaled by its muP multiplier when the config sets them."""
+        z, xbc, dt = self.in_proj(hidden_states).split([self.inner, self.conv_dim, self.num_heads], dim=-1)
+        if self.proj_multipliers is None:
+            return z, xbc, dt
+        m_z, _, _, _, m_dt = self.proj_multipliers
+        return z * m_z, xbc * self._xbc_scale(xbc), dt * m_dt
+
+    def _xbc_scale(self, xbc) -> torch.Tensor:
+        """[conv_dim] multipliers of the x, B and C channels, built once per device and dtype (a plain
+        attribute, not a buffer: a buffer made in __init__ would stay empty after a meta-device load)."""
+        key = (xbc.device, xbc.dtype)
+        if getattr(self, "_xbc_scale_cache", (None,))[0] != key:
+            _, m_x, m_b, m_c, _ = self.proj_multipliers
+            group_state = self.groups * self.state_size
+            sizes = torch.tensor([self.inner, group_state, group_state], device=xbc.device)
+            scale = torch.tensor([m_x, m_b, m_c], device=xbc.device, dtype=xbc.dtype).repeat_interleave(sizes)
+            self._xbc_scale_cache = (key, scale)
+        return self._xbc_scale_cache[1]
+
+
+def mamba2_inner(config, exact: bool = True) -> int | float:
+    """The SSD's inner width: mamba2_d_inner, or mamba2_expand * hidden_size."""
+    if config.mamba2_d_inner is not None:
+        return config.mamba2_d_inner
+    inner = config.mamba2_expand * config.hidden_size
+    return int(inner) if exact else inner
 

@@ -7,6 +7,8 @@ growing keys/values (`full_attention`), a window (`sliding_attention`), or a fix
 recurrent state (`linear_attention`).
 """
 
+from ..pattern import parallel_parts
+
 MIXER_LAYER_TYPES = {
     "attn": "full_attention",
     "swa": "sliding_attention",
@@ -18,6 +20,36 @@ MIXER_LAYER_TYPES = {
 
 FFN_KINDS = ("mlp", "moe", "none")
 
+# A `par(...)` layer runs one attention mixer beside one recurrent mixer; transformers' cache has a
+# layer type holding both (a KV cache and the conv/SSM states), named after the attention kind.
+PARALLEL_LAYER_TYPES = {"full_attention": "hybrid", "sliding_attention": "hybrid_sliding"}
+# Layer types whose cache holds a recurrent state (they read the token mask and packed-sequence starts).
+STATEFUL_LAYER_TYPES = ("linear_attention", *PARALLEL_LAYER_TYPES.values())
+# The backbone's mask each layer type's attention reads (a recurrent-only layer reads the token mask).
+MASK_OF_LAYER_TYPE = {
+    "full_attention": "full_attention",
+    "sliding_attention": "sliding_attention",
+    "linear_attention": "linear_attention",
+} | {parallel: attention for attention, parallel in PARALLEL_LAYER_TYPES.items()}
+
+
+def mixer_layer_type(mixer: str) -> str:
+    """The transformers layer type of a pattern mixer name, `par(...)` included; ValueError naming the
+    mixer when it is unknown or a parallel combination no cache layer can hold."""
+    parts = parallel_parts(mixer)
+    if parts is None:
+        if mixer not in MIXER_LAYER_TYPES:
+            raise ValueError(f"{mixer!r} is not a known mixer; valid mixers: {sorted(MIXER_LAYER_TYPES)} or par(a,b)")
+        return MIXER_LAYER_TYPES[mixer]
+    kinds = [mixer_layer_type(part) for part in parts]  # the grammar admits no nested par()
+    attention = [kind for kind in kinds if kind != "linear_attention"]
+    if len(attention) != 1 or len(kinds) != 2:
+        raise ValueError(
+            f"{mixer!r}: par() runs one attention mixer (attn or swa) beside one recurrent mixer (e.g. mamba2), "
+            "as Falcon-H1 does: transformers' cache layer for such a layer holds one KV cache and one recurrent state"
+        )
+    return PARALLEL_LAYER_TYPES[attention[0]]
+
 # Tensor-parallel plan per kind, keyed relative to the block (Megatron-style: projections into
 # heads split by columns, the projection back by rows). The config assembles the model's plan
 # from the kinds its stack holds, so every entry matches a parameter. MoE experts stay whole.
@@ -27,6 +59,18 @@ MIXER_TP_PLANS = {
     "swa": _ATTENTION_TP,
     "retention": {f"retention.{p}_proj": "colwise" for p in "qkvg"} | {"retention.o_proj": "rowwise"},
 }
+PARALLEL_BLOCK_ATTR = "parallel"  # a par() layer's mixers live under block.parallel.<their block_attr>
+
+
+def mixer_tp_plan(mixer: str) -> dict[str, str]:
+    """A mixer's tensor-parallel plan relative to the block; a par() layer's is its parts' plans,
+    under the parallel mixer's attribute."""
+    parts = parallel_parts(mixer)
+    if parts is None:
+        return MIXER_TP_PLANS.get(mixer, {})
+    return {f"{PARALLEL_BLOCK_ATTR}.{name}": style for part in parts for name, style in MIXER_TP_PLANS.get(part, {}).items()}
+
+
 GATED_MLP_TP = {"mlp.gate_proj": "colwise", "mlp.up_proj": "colwise", "mlp.down_proj": "rowwise"}
 PLAIN_MLP_TP = {"mlp.up_proj": "colwise", "mlp.down_proj": "rowwise"}
 

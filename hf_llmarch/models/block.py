@@ -4,7 +4,8 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..mixers import build_mixer
-from ..modules.mlp import build_mlp
+from ..mixers.registry import MASK_OF_LAYER_TYPE, STATEFUL_LAYER_TYPES
+from ..modules.mlp import build_layer_mlp
 from ..modules.moe import MoEFeedForward
 from ..modules.norms import build_norm
 
@@ -15,13 +16,15 @@ class LlmArchBlock(GradientCheckpointingLayer):
         self.layer_idx = layer_idx
         self.layer_type = config.layer_types[layer_idx]
         self.ffn_type = config.ffn_types[layer_idx]
+        self.mask_type = MASK_OF_LAYER_TYPE[self.layer_type]  # which of the backbone's masks the mixer reads
+        self.holds_state = self.layer_type in STATEFUL_LAYER_TYPES
         mixer = build_mixer(config, layer_idx)
         self.mixer_attr = mixer.block_attr
         self.input_layernorm = build_norm(config)
         setattr(self, self.mixer_attr, mixer)
         if self.ffn_type != "none":
             self.post_attention_layernorm = build_norm(config)
-            self.mlp = MoEFeedForward(config) if self.ffn_type == "moe" else build_mlp(config)
+            self.mlp = MoEFeedForward(config) if self.ffn_type == "moe" else build_layer_mlp(config)
         # No module at p=0: an identity Dropout still costs a module call per use, which shows in decode.
         self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
         self.residual_multiplier = config.residual_multiplier
@@ -34,12 +37,15 @@ class LlmArchBlock(GradientCheckpointingLayer):
         """Returns (hidden_states, aux_loss); aux_loss is None unless the FFN routes tokens.
 
         `attention_mask` is the mask for this layer's type (4D for attention, 2D for recurrent
-        mixers); `token_mask` [B, T] marks real tokens for the MoE router statistics;
-        `sequence_starts` [B, T] marks packed-sequence starts for recurrent mixers and sequence-wise
-        router losses (attention gets the same boundaries inside its mask)."""
+        mixers); `token_mask` [B, T] marks real tokens for the MoE router statistics and for the
+        recurrent part of a par() layer; `sequence_starts` [B, T] marks packed-sequence starts for
+        recurrent mixers and sequence-wise router losses (attention gets the same boundaries inside
+        its mask)."""
         residual = hidden_states
-        if sequence_starts is not None and self.layer_type == "linear_attention":
+        if self.holds_state:
             kwargs["sequence_starts"] = sequence_starts
+            if self.mask_type != "linear_attention":  # a par() layer: the 4D mask is its attention's
+                kwargs["token_mask"] = token_mask
         hidden_states, _ = self.mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask, **kwargs)
         hidden_states = residual + self._branch(hidden_states)
         aux_loss = None

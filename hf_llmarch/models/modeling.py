@@ -22,6 +22,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .. import compat
 from ..configuration import LlmArchConfig
 from ..mixers import LlmArchAttention
+from ..mixers.registry import MASK_OF_LAYER_TYPE, STATEFUL_LAYER_TYPES
 from ..modules.moe import MoEExperts
 from ..modules.norms import build_norm
 from ..modules.rotary import LlmArchRotaryEmbedding
@@ -97,8 +98,9 @@ class LlmArchModel(LlmArchPreTrainedModel):
             self.rotary_emb = LlmArchRotaryEmbedding(config)
         self.gradient_checkpointing = False
         # Facts about the stack, read once: the config's __getattribute__ is slow per decode step.
-        self.first_attention_layer = next((i for i, t in enumerate(config.layer_types) if t != "linear_attention"), None)
-        self.has_recurrent_layers = "linear_attention" in config.layer_types
+        self.mask_types = [MASK_OF_LAYER_TYPE[t] for t in config.layer_types]
+        self.first_attention_layer = next((i for i, t in enumerate(self.mask_types) if t != "linear_attention"), None)
+        self.has_recurrent_layers = any(t in STATEFUL_LAYER_TYPES for t in config.layer_types)
         self.needs_token_mask = self.has_recurrent_layers or "moe" in config.ffn_types
         self.embedding_multiplier = config.embedding_multiplier
         self.needs_sequence_starts = self.needs_token_mask
@@ -159,7 +161,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         for layer in self.layers[: self.config.num_hidden_layers]:
             hidden_states, aux = layer(
                 hidden_states,
-                attention_mask=masks[layer.layer_type],
+                attention_mask=masks[layer.mask_type],
                 token_mask=token_mask,
                 sequence_starts=sequence_starts,
                 position_embeddings=position_embeddings,
@@ -176,26 +178,16 @@ class LlmArchModel(LlmArchPreTrainedModel):
         )
 
     def _build_masks(self, attention_mask, hidden_states, cache, position_ids) -> dict:
-        """One mask per layer type present: 4D (or None) for attention, a [B, T] bool token mask
-        (or None when nothing is padded) for recurrent mixers and the MoE router statistics."""
-        layer_types = self.config.layer_types
+        """One mask per kind of attention present (keyed as MASK_OF_LAYER_TYPE names them): 4D (or
+        None), and a [B, T] bool token mask (or None when nothing is padded) for recurrent mixers and
+        the MoE router statistics."""
         seq_len = hidden_states.shape[1]
         if isinstance(attention_mask, dict):  # generate() prebuilds them per layer type for static caches
             token_mask = attention_mask.get("linear_attention")
             token_mask = self._token_mask(token_mask, seq_len) if isinstance(token_mask, torch.Tensor) else None
             return {**attention_mask, "linear_attention": token_mask}
         masks = {"linear_attention": self._token_mask(attention_mask, seq_len)}
-        for layer_type, builder in MASK_BUILDERS.items():
-            if layer_type in layer_types:
-                masks[layer_type] = builder(
-                    config=self.config,
-                    inputs_embeds=hidden_states,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    **compat.cache_kwargs(cache),
-                    layer_idx=layer_types.index(layer_type),  # 5.17 picks a wrong default in hybrids
-                )
-        return masks
+        return masks | build_attention_masks(self.config, hidden_states, attention_mask, position_ids, cache)
 
     def _sequence_starts(self, position_ids, attention_mask, cache, batch: int) -> torch.Tensor | None:
         """[B, T] bool, True where position_ids do not continue the previous token: the starts of
@@ -242,9 +234,27 @@ class LlmArchModel(LlmArchPreTrainedModel):
         return getattr(cache, "llmarch_seen_tokens", 0)
 
 
+def build_attention_masks(config, inputs_embeds, attention_mask, position_ids, cache) -> dict:
+    """{mask kind: 4D mask or None} for each kind of attention the stack holds (a par() layer's
+    attention included), each built against the cache layer of the first layer that reads it."""
+    mask_types = [MASK_OF_LAYER_TYPE[t] for t in config.layer_types]
+    return {
+        mask_type: builder(
+            config=config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **compat.cache_kwargs(cache),
+            layer_idx=mask_types.index(mask_type),  # 5.17 picks a wrong default in hybrids
+        )
+        for mask_type, builder in MASK_BUILDERS.items()
+        if mask_type in mask_types
+    }
+
+
 def _log_attention_path(config):
     impl = config._attn_implementation
-    if impl not in _logged_attention and any(t != "linear_attention" for t in config.layer_types):
+    if impl not in _logged_attention and any(MASK_OF_LAYER_TYPE[t] != "linear_attention" for t in config.layer_types):
         _logged_attention.add(impl)
         logger.info("attention: using transformers' %r implementation (set attn_implementation= to change)", impl)
 
@@ -273,8 +283,21 @@ class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
         self.logits_scaling = config.logits_scaling
         # A recurrent state cannot be rolled back to a rejected draft token, so generate() must
         # refuse assisted and prompt-lookup decoding for stacks that hold one.
-        self._is_stateful = "linear_attention" in config.layer_types
+        self._is_stateful = any(t in STATEFUL_LAYER_TYPES for t in config.layer_types)
         self.post_init()
+
+    @staticmethod
+    def create_masks_for_generate(
+        config, inputs_embeds, attention_mask, cache=None, past_key_values=None, position_ids=None, **kwargs
+    ):
+        """The masks generate() prebuilds for a static cache, as the backbone builds them. transformers'
+        default builds the sliding mask of a par(swa, ...) layer (`hybrid_sliding`) with the full-causal
+        builder (5.17 to 5.24), which no longer fits the layer's window once the prompt outgrows it."""
+        cache = compat.resolve_cache(cache, past_key_values)
+        masks = build_attention_masks(config, inputs_embeds, attention_mask, position_ids, cache)
+        # The recurrent layers' padding mask; never in a one-token decode step, so compiled decode sees no growing mask.
+        masks["linear_attention"] = attention_mask if inputs_embeds.shape[1] > 1 else None
+        return masks
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)

@@ -24,22 +24,28 @@ class LlmArchRMSNorm(nn.Module):
 
 
 class GatedRMSNorm(nn.Module):
-    """Mamba-2's output norm: gate first (x * silu(z)), then RMS-normalise each of `groups` equal
-    slices of the last dim, in fp32, and scale."""
+    """Mamba-2's output norm: RMS-normalise each of `groups` equal slices of the last dim, in fp32,
+    and scale, with the gate silu(z) applied before the norm (Mamba-2, Granite) or after it
+    (`norm_before_gate=True`, an option of Falcon-H1)."""
 
-    def __init__(self, hidden_size: int, groups: int = 1, eps: float = 1e-6):
+    def __init__(self, hidden_size: int, groups: int = 1, eps: float = 1e-6, norm_before_gate: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.variance_epsilon = eps
         self.groups = groups
+        self.norm_before_gate = norm_before_gate
 
     def forward(self, hidden_states: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
         wide = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
-        gated = hidden_states.to(wide) * nn.functional.silu(gate.to(wide))
-        grouped = gated.unflatten(-1, (self.groups, -1))  # [..., G, D/G]
+        hidden_states, gate = hidden_states.to(wide), nn.functional.silu(gate.to(wide))
+        if not self.norm_before_gate:
+            hidden_states = hidden_states * gate
+        grouped = hidden_states.unflatten(-1, (self.groups, -1))  # [..., G, D/G]
         grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * grouped.flatten(-2).to(input_dtype)
+        if self.norm_before_gate:  # Falcon-H1 scales and gates in fp32, then casts
+            return (self.weight * grouped.flatten(-2) * gate).to(input_dtype)
+        return self.weight * grouped.flatten(-2).to(input_dtype)  # as transformers' Mamba-2: cast, then scale
 
 
 def build_norm(config, dim: int | None = None) -> nn.Module:

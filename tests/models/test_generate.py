@@ -154,7 +154,7 @@ def test_speculative_decoding_equals_greedy_or_is_refused(family, how):
     ids = prompts(1, 6, seed=3)
     extra = {"assistant_model": tiny_model(family, seed=5)} if how == "assistant_model" else {how: 2}
     greedy = model.generate(ids, max_new_tokens=10, do_sample=False)
-    if "linear_attention" in model.config.layer_types:
+    if model._is_stateful:  # any recurrent state, par() layers included
         with pytest.raises(ValueError, match="stateful"):
             model.generate(ids, max_new_tokens=10, do_sample=False, **extra)
     else:

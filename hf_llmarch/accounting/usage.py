@@ -1,0 +1,113 @@
+"""Per-token usage from a config alone: forward and training FLOPs, and the bytes the generation
+cache holds (KV caches grow, recurrent states do not)."""
+
+import torch
+
+from ..mixers.registry import MASK_OF_LAYER_TYPE
+from .params import KV_MIXERS, MIXER_STATE, STATE_DTYPE, layer_counts, layer_parts
+
+
+def _attended_tokens(config, layer_type: str, context: int) -> int:
+    if MASK_OF_LAYER_TYPE[layer_type] == "sliding_attention":
+        return min(context, config.sliding_window)
+    return context
+
+
+def flops_per_token(config, context: int) -> dict:
+    """Forward FLOPs for one token that sees `context` tokens (itself included), and training ≈ 3×.
+
+        forward = 2 * M + sum_attention_layers 4 * n_kv(layer) * num_heads * head_dim + sum_recurrent S
+
+    * M: active matmul weights, i.e. the weight matrices of every projection, FFN, router and the
+      active and shared experts, plus the LM head (vocab x hidden, a matmul even when tied). The embedding
+      lookup, biases and norm weights are not matmuls and are left out.
+    * n_kv: keys attended, `context` for full attention, min(context, sliding_window) for sliding
+      layers; 4 = 2 (q·k) + 2 (weights·v) FLOPs per key per head dimension.
+    * S: a recurrent mixer's state update and read-out (retention: 4 * H * Dk * Dv), constant in
+      context.
+    * training = 3 * forward (backward ≈ 2 × forward).
+    """
+    if context < 1:
+        raise ValueError(f"context={context} must be a positive number of tokens")
+    layers = layer_counts(config)
+    matmul = sum(p[0] for p in layers["mixers"].values()) + layers["dense_ffn"][0]
+    matmul += layers["router"][0] + layers["moe_experts_active"][0] + layers["moe_shared"][0] + config.vocab_size * config.hidden_size
+    attention = state = 0
+    for mixer, layer_type in zip(config.mixer_types, config.layer_types):
+        for part in layer_parts(mixer):
+            if part in MIXER_STATE:
+                state += MIXER_STATE[part](config)[0]
+            elif part in KV_MIXERS:
+                attended = _attended_tokens(config, layer_type, context)
+                attention += 4 * attended * config.num_attention_heads * config.head_dim
+    forward = 2 * matmul + attention + state
+    return {
+        "context": context,
+        "matmul_params": matmul,
+        "matmul": 2 * matmul,
+        "attention": attention,
+        "recurrent_state": state,
+        "forward": forward,
+        "training": 3 * forward,
+    }
+
+
+def _layer_cache_bytes(config, layer_idx: int, context: int, dtype: torch.dtype) -> tuple[int, bool]:
+    """(bytes layer `layer_idx` holds at `context` for batch 1, whether that stopped growing); a
+    par() layer holds its attention's keys and values and its recurrent part's state."""
+    layer_type = config.layer_types[layer_idx]
+    held, constant = 0, True
+    for part in layer_parts(config.mixer_types[layer_idx]):
+        part_held, part_constant = _part_cache_bytes(config, part, layer_type, context, dtype)
+        held, constant = held + part_held, constant and part_constant
+    return held, constant
+
+
+def _part_cache_bytes(config, mixer: str, layer_type: str, context: int, dtype: torch.dtype) -> tuple[int, bool]:
+    if mixer in MIXER_STATE:
+        _, state, conv = MIXER_STATE[mixer](config)
+        return state * STATE_DTYPE.itemsize + conv * dtype.itemsize, True
+    if mixer not in KV_MIXERS:
+        raise NotImplementedError(f"accounting does not know the cache of mixer {mixer!r} ({layer_type}) yet")
+    per_token = 2 * config.num_key_value_heads * config.head_dim * dtype.itemsize  # keys + values
+    if MASK_OF_LAYER_TYPE[layer_type] == "sliding_attention":
+        # DynamicSlidingWindowLayer keeps the last window - 1 tokens; the current one is appended.
+        held = min(context, config.sliding_window - 1)
+        return held * per_token, context >= config.sliding_window - 1
+    return context * per_token, False
+
+
+def cache_bytes_per_token(config, context: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Bytes the generation cache holds for one sequence after `context` tokens, and per token.
+
+    * full attention: 2 (k, v) * num_key_value_heads * head_dim * dtype bytes for every token;
+    * sliding attention: the same for min(context, sliding_window - 1) tokens (what transformers'
+      DynamicSlidingWindowLayer keeps);
+    * recurrent mixers (retention): a fixed fp32 state, [H, Dk, Dv] per layer, whatever `context`.
+
+    `bytes_per_token` figures are total / context. `constant_layers` lists the layers whose cache
+    no longer grows at this context (recurrent always, sliding once the window is full).
+    """
+    if context < 1:
+        raise ValueError(f"context={context} must be a positive number of tokens")
+    by_type: dict[str, dict] = {}
+    constant_layers = []
+    for i, layer_type in enumerate(config.layer_types):
+        held, constant = _layer_cache_bytes(config, i, context, dtype)
+        entry = by_type.setdefault(layer_type, {"layers": 0, "total_bytes": 0, "constant_in_context": True})
+        entry["layers"] += 1
+        entry["total_bytes"] += held
+        entry["constant_in_context"] &= constant
+        if constant:
+            constant_layers.append(i)
+    for entry in by_type.values():
+        entry["bytes_per_token"] = entry["total_bytes"] / context
+    total = sum(entry["total_bytes"] for entry in by_type.values())
+    return {
+        "context": context,
+        "dtype": str(dtype).removeprefix("torch."),
+        "total_bytes": total,
+        "bytes_per_token": total / context,
+        "by_layer_type": by_type,
+        "constant_layers": constant_layers,
+    }
