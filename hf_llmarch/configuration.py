@@ -77,6 +77,9 @@ class LlmArchConfig(PreTrainedConfig):
     residual_multiplier: float = 1.0
     attention_multiplier: float | None = None
     logits_scaling: float = 1.0
+    # Mamba's `residual_in_fp32`: under bf16/fp16 weights the residual stream stays fp32 and each norm
+    # reads it cast to its weight's dtype (the final norm's output goes to the head in the model dtype).
+    residual_in_fp32: bool = False
     # Falcon-H1's muP multipliers of the dense gated MLP: down(up(x) * act(gate(x) * m_gate)) * m_down.
     mlp_multipliers: list[float] | None = None
     initializer_range: float = 0.02

@@ -1,5 +1,5 @@
-"""ssm suite: `llmarch_ssm` converted with `from_hf` from random `MambaForCausalLM` and
-`Mamba2ForCausalLM` models (and `JambaForCausalLM` once `from_hf` takes it), against those very
+"""ssm suite: our models converted with `from_hf` from random `MambaForCausalLM`,
+`Mamba2ForCausalLM`, `JambaForCausalLM` and `FalconH1ForCausalLM` models, against those very
 models (transformers' torch path, which is what runs without mamba_ssm). Parity of every pair first
 (fp32 logits within SSM_PARITY_TOL and equal greedy tokens); only then forward+backward tokens/s and
 peak memory of each pair, and the decode half (`ssm_decode`): per-token latency at several
@@ -23,6 +23,7 @@ SSM_PRELOAD = (
     "transformers.models.mamba.modeling_mamba",
     "transformers.models.mamba2.modeling_mamba2",
     "transformers.models.jamba.modeling_jamba",
+    "transformers.models.falcon_h1.modeling_falcon_h1",
 )
 SSM_SETUP = (
     *("hidden", "layers", "heads", "kv_heads", "vocab", "intermediate", "experts", "top_k", "attn"),
@@ -62,8 +63,32 @@ def _jamba(s):
     return AutoModelForCausalLM.from_config(cfg, attn_implementation=s.attn)
 
 
+def _falcon_h1(s):
+    """Attention beside Mamba-2 in every layer (our par(attn,mamba2)), with Falcon-H1-0.5B's muP multipliers."""
+    from transformers import AutoModelForCausalLM, FalconH1Config
+
+    head_dim = min(MAMBA2_HEAD_DIM, 2 * s.hidden)
+    cfg = FalconH1Config(
+        vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate, num_hidden_layers=s.layers,
+        num_attention_heads=s.heads, num_key_value_heads=s.kv_heads, mamba_d_ssm=2 * s.hidden,
+        mamba_n_heads=2 * s.hidden // head_dim, mamba_d_head=head_dim, tie_word_embeddings=False, **FALCON_H1_MUP,
+    )
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=s.attn)
+
+
+# Falcon-H1-0.5B's multipliers (tiiuae/Falcon-H1-0.5B-Base config.json), so the muP path is what is timed.
+FALCON_H1_MUP = dict(
+    embedding_multiplier=5.656854249492381, lm_head_multiplier=0.0390625, key_multiplier=0.39062499999999994,
+    attention_out_multiplier=0.9375, ssm_in_multiplier=1.25, ssm_out_multiplier=0.23570226039551587,
+    mlp_multipliers=[0.8838834764831844, 0.5859375],
+    ssm_multipliers=[0.3535533905932738, 0.25, 0.3535533905932738, 0.5, 0.3535533905932738],
+)
+
 # The training comparisons: (reference name, builder of a random native model of the suite's shape).
-REFERENCES = (("MambaForCausalLM", _mamba), ("Mamba2ForCausalLM", _mamba2), ("JambaForCausalLM", _jamba))
+REFERENCES = (
+    ("MambaForCausalLM", _mamba), ("Mamba2ForCausalLM", _mamba2), ("JambaForCausalLM", _jamba),
+    ("FalconH1ForCausalLM", _falcon_h1),
+)
 
 
 def build_pair(s, ref: str) -> dict:
@@ -150,7 +175,7 @@ def _train_metrics(s, pairs: dict, skipped: dict, device) -> tuple[dict, dict]:
 
 def bench_ssm(s) -> dict:
     device, dtype = torch.device(s.device), DTYPES[s.dtype]
-    res = {"title": "llmarch_ssm vs transformers Mamba / Mamba-2 (same weights); decode vs a dense model"}
+    res = {"title": "state-space models vs transformers Mamba / Mamba-2 / Jamba / Falcon-H1 (same weights); decode vs a dense model"}
     res.update(columns=["ours", "transformers", "mamba", "mamba2", "dense"], setup=pick(s, SSM_SETUP))
     pairs, skipped = _pairs(s, device)
     res["parity"], failures = _parity(pairs, s, device)
@@ -175,6 +200,10 @@ def _setup_text(s, pairs: dict, skipped: dict, counts: dict, dense_intermediate:
         f" Jamba: one attention layer ({s.heads} heads / {s.kv_heads} kv heads) in the middle, {s.experts} experts "
         f"of {s.intermediate} top-{s.top_k} on every other layer."
     )
+    falcon = "" if "FalconH1ForCausalLM" in skipped else (
+        f" Falcon-H1: every layer attention ({s.heads} heads / {s.kv_heads} kv heads) beside Mamba-2 (d_ssm "
+        f"{2 * s.hidden}), MLP {s.intermediate}, Falcon-H1-0.5B's muP multipliers."
+    )
     return (
         f"hidden {s.hidden}, {s.layers} layers, vocab {s.vocab}, untied head; Mamba-1 state {m1.state_size}, expand "
         f"{m1.expand}; Mamba-2 "
@@ -183,5 +212,5 @@ def _setup_text(s, pairs: dict, skipped: dict, counts: dict, dense_intermediate:
         f"{s.repeats}. Decode: batch 1, {s.decode_steps} one-token steps x {s.repeats} repeats after a prefill of each "
         f"context, median per token; dense = `(attn/mlp)x{s.layers}`, {s.heads} heads / {s.kv_heads} kv heads, "
         f"intermediate {dense_intermediate} (so its parameters match our mamba's); parameters: {params}. "
-        f"{s.device}, {s.dtype}.{jamba}{skips}"
+        f"{s.device}, {s.dtype}.{jamba}{falcon}{skips}"
     )

@@ -179,6 +179,8 @@ def _check_plain_stack(config, target: str, mixer_kinds: tuple[str, ...], ffn_ki
                 f"mamba2_d_inner={inner} cannot be expressed in {target}, whose Mamba-2 width is expand * hidden_size "
                 f"({config.mamba2_expand} * {config.hidden_size}); set mamba2_expand to match instead"
             )
+    if config.residual_in_fp32 and target not in ("mamba", "mamba2"):
+        raise ValueError(f"residual_in_fp32=True cannot be expressed in {target}; only mamba and mamba2 keep an fp32 residual")
     if target not in SCALED_TARGETS:
         for field, neutral in NEUTRAL_SCALING.items():
             if getattr(config, field) != neutral:

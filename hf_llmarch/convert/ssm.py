@@ -5,8 +5,8 @@ The mixers' parameter names are transformers' (`in_proj`, `conv1d`, `x_proj`, `d
 `model.embed_tokens`, `backbone.layers.N.norm` -> `model.layers.N.input_layernorm`,
 `backbone.layers.N.mixer` -> `model.layers.N.mamba`, `backbone.norm_f` -> `model.norm`.
 
-Not carried, on purpose: `residual_in_fp32` (our residual stays in the model dtype; identical in
-fp32), `use_mambapy` / `use_associative_scan` (transformers' own path choices; ours is
+`residual_in_fp32` is our backbone field of the same name (an fp32 residual stream under bf16 weights).
+Not carried, on purpose: `use_mambapy` / `use_associative_scan` (transformers' own path choices; ours is
 `mamba_mode`), and the init-only `time_step_scale`, `time_step_init_scheme` and
 `rescale_prenorm_residual`.
 """
@@ -56,6 +56,7 @@ def config_from_hf(cfg) -> dict:
         ssm_dt_min=cfg.time_step_min,
         ssm_dt_max=cfg.time_step_max,
         ssm_dt_init_floor=cfg.time_step_floor,
+        residual_in_fp32=cfg.residual_in_fp32,
     )
     return fields | (_mamba_fields(cfg) if cfg.model_type == "mamba" else _mamba2_fields(cfg))
 
@@ -125,6 +126,7 @@ def config_to_hf(config, target: str):
         time_step_min=config.ssm_dt_min,
         time_step_max=config.ssm_dt_max,
         time_step_floor=config.ssm_dt_init_floor,
+        residual_in_fp32=config.residual_in_fp32,
     )
     if target == "mamba":
         from ..mixers.mamba import dt_rank

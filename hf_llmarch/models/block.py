@@ -28,6 +28,7 @@ class LlmArchBlock(GradientCheckpointingLayer):
         # No module at p=0: an identity Dropout still costs a module call per use, which shows in decode.
         self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
         self.residual_multiplier = config.residual_multiplier
+        self.residual_in_fp32 = config.residual_in_fp32
 
     @property
     def mixer(self) -> nn.Module:
@@ -41,23 +42,28 @@ class LlmArchBlock(GradientCheckpointingLayer):
         recurrent part of a par() layer; `sequence_starts` [B, T] marks packed-sequence starts for
         recurrent mixers and sequence-wise router losses (attention gets the same boundaries inside
         its mask)."""
-        residual = hidden_states
+        residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
         if self.holds_state:
             kwargs["sequence_starts"] = sequence_starts
             if self.mask_type != "linear_attention":  # a par() layer: the 4D mask is its attention's
                 kwargs["token_mask"] = token_mask
-        hidden_states, _ = self.mixer(self.input_layernorm(hidden_states), attention_mask=attention_mask, **kwargs)
+        normed = self.input_layernorm(self._norm_input(hidden_states, self.input_layernorm))
+        hidden_states, _ = self.mixer(normed, attention_mask=attention_mask, **kwargs)
         hidden_states = residual + self._branch(hidden_states)
         aux_loss = None
         if self.ffn_type == "none":
             return hidden_states, aux_loss
         residual = hidden_states
-        hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = self.post_attention_layernorm(self._norm_input(hidden_states, self.post_attention_layernorm))
         if self.ffn_type == "moe":
             hidden_states, aux_loss = self.mlp(hidden_states, token_mask, sequence_starts)
         else:
             hidden_states = self.mlp(hidden_states)
         return residual + self._branch(hidden_states), aux_loss
+
+    def _norm_input(self, hidden_states, norm):
+        """An fp32 residual stream (residual_in_fp32) enters a norm in the norm's dtype, as Mamba's does."""
+        return hidden_states.to(norm.weight.dtype) if self.residual_in_fp32 else hidden_states
 
     def _branch(self, hidden_states):
         """A branch's output before it joins the residual: scaled (muP) and dropped out."""

@@ -103,6 +103,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         self.has_recurrent_layers = any(t in STATEFUL_LAYER_TYPES for t in config.layer_types)
         self.needs_token_mask = self.has_recurrent_layers or "moe" in config.ffn_types
         self.embedding_multiplier = config.embedding_multiplier
+        self.residual_in_fp32 = config.residual_in_fp32
         self.needs_sequence_starts = self.needs_token_mask
         self.post_init()
         _log_attention_path(config)
@@ -173,9 +174,10 @@ class LlmArchModel(LlmArchPreTrainedModel):
             if aux is not None:
                 aux_losses.append(aux)
         aux_loss = torch.stack(aux_losses).mean() if aux_losses else None
-        return LlmArchModelOutput(
-            last_hidden_state=self.norm(hidden_states), aux_loss=aux_loss, **compat.cache_kwargs(cache)
-        )
+        hidden_states = self.norm(hidden_states)
+        if self.residual_in_fp32:  # the fp32 stream leaves in the model dtype, for the heads
+            hidden_states = hidden_states.to(self.norm.weight.dtype)
+        return LlmArchModelOutput(last_hidden_state=hidden_states, aux_loss=aux_loss, **compat.cache_kwargs(cache))
 
     def _build_masks(self, attention_mask, hidden_states, cache, position_ids) -> dict:
         """One mask per kind of attention present (keyed as MASK_OF_LAYER_TYPE names them): 4D (or

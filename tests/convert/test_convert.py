@@ -493,3 +493,18 @@ def test_state_space_targets_are_inferred_and_mixed_stacks_refused():
         to_hf(LlmArchSsmForCausalLM(mixed), target="mamba")
     with pytest.raises(ValueError, match="hidden_act='gelu' cannot be converted"):
         from_hf(MambaForCausalLM(MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, hidden_act="gelu")))
+
+
+def test_residual_in_fp32_is_carried_and_keeps_an_fp32_stream():
+    """Mamba checkpoints keep the residual stream in fp32 under bf16 weights (residual_in_fp32, on by
+    default); ours carries the flag both ways, runs the stream in fp32, and hands the head the model dtype."""
+    native = _native("mamba")
+    assert native.config.residual_in_fp32
+    ours = from_hf(native).to(torch.bfloat16)
+    assert ours.config.residual_in_fp32 and to_hf(ours).config.residual_in_fp32
+    out = ours(_ids(), output_hidden_states=True)
+    assert [h.dtype for h in out.hidden_states[1:-1]] == [torch.float32] * (len(out.hidden_states) - 2)
+    assert out.logits.dtype == torch.bfloat16
+    dense = LlmArchDenseForCausalLM(LlmArchDenseConfig(**SMALL, residual_in_fp32=True))
+    with pytest.raises(ValueError, match="residual_in_fp32=True cannot be expressed in llama"):
+        to_hf(dense, target="llama")
