@@ -15,9 +15,11 @@ from transformers import (
 
 from .configuration import LlmArchConfig
 from .models import FAMILIES, LlmArchForCausalLM, LlmArchModel
+from .models.deepseek import LlmArchDeepseekConfig, LlmArchDeepseekForCausalLM, LlmArchDeepseekModel
 from .models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM, LlmArchDenseModel
 from .models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM, LlmArchHybridModel
 from .models.moe import LlmArchMoeConfig, LlmArchMoeForCausalLM, LlmArchMoeModel
+from .models.mtp_generate import mtp_generate
 from .models.ssm import LlmArchSsmConfig, LlmArchSsmForCausalLM, LlmArchSsmModel
 from .presets import list_presets, load_preset
 
@@ -29,6 +31,7 @@ logger = logging.getLogger("hf_llmarch")
 DEFAULT_LORA_TARGETS = [
     "q_proj", "k_proj", "v_proj", "o_proj", "g_proj", "gate_proj", "up_proj", "down_proj",
     "in_proj", "x_proj", "dt_proj", "out_proj",  # state-space mixers
+    "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",  # multi-head latent attention
 ]
 
 
@@ -49,8 +52,12 @@ def _register():
 _register()
 
 __all__ = [
+    "mtp_generate",
     "DEFAULT_LORA_TARGETS",
     "LlmArchConfig",
+    "LlmArchDeepseekConfig",
+    "LlmArchDeepseekForCausalLM",
+    "LlmArchDeepseekModel",
     "LlmArchDenseConfig",
     "LlmArchDenseForCausalLM",
     "LlmArchDenseModel",

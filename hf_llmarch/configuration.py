@@ -18,7 +18,15 @@ from transformers.activations import ACT2FN
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from .compat import CACHE_NAMES
-from .mixers.registry import FFN_KINDS, GATED_MLP_TP, MOE_EP_PLAN, PLAIN_MLP_TP, mixer_layer_type, mixer_tp_plan
+from .mixers.registry import (
+    FFN_KINDS,
+    GATED_MLP_TP,
+    MASK_OF_LAYER_TYPE,
+    MOE_EP_PLAN,
+    PLAIN_MLP_TP,
+    mixer_layer_type,
+    mixer_tp_plan,
+)
 from .pattern import compress_pattern, expand_pattern
 
 ROPE_TYPES = ("default", *ROPE_INIT_FUNCTIONS)
@@ -80,6 +88,10 @@ class LlmArchConfig(PreTrainedConfig):
     # Mamba's `residual_in_fp32`: under bf16/fp16 weights the residual stream stays fp32 and each norm
     # reads it cast to its weight's dtype (the final norm's output goes to the head in the model dtype).
     residual_in_fp32: bool = False
+    # DeepSeek-V3 multi-token prediction: this many MTP modules after the stack (0: none), their loss
+    # added with this weight (models/mtp.py).
+    num_nextn_predict_layers: int = 0
+    mtp_loss_weight: float = 0.3
     # Falcon-H1's muP multipliers of the dense gated MLP: down(up(x) * act(gate(x) * m_gate)) * m_down.
     mlp_multipliers: list[float] | None = None
     initializer_range: float = 0.02
@@ -233,6 +245,7 @@ class LlmArchConfig(PreTrainedConfig):
         from .mixers import validate_mixer_fields
 
         validate_mixer_fields(self)
+        self._validate_mtp()
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
                 f"pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size}): "
@@ -315,6 +328,18 @@ class LlmArchConfig(PreTrainedConfig):
         from .modules.moe import MoEFeedForward
 
         MoEFeedForward.validate(self)
+
+    def _validate_mtp(self):
+        depth = self.num_nextn_predict_layers
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
+            raise ValueError(f"num_nextn_predict_layers={depth!r} must be a non-negative integer (0: no MTP modules)")
+        if depth and MASK_OF_LAYER_TYPE[self.layer_types[-1]] == "linear_attention":
+            raise ValueError(
+                f"num_nextn_predict_layers={depth} needs an attention layer last (each MTP module is a layer of "
+                f"that kind), but mixer_types[-1]={self.mixer_types[-1]!r} is recurrent"
+            )
+        if not self.mtp_loss_weight >= 0:
+            raise ValueError(f"mtp_loss_weight={self.mtp_loss_weight!r} must be >= 0")
 
     def _validate_retention(self):
         _positive(self, "retention_num_heads", "retention_value_factor", "retention_chunk_size")

@@ -28,6 +28,12 @@ FAMILY_CONFIGS = {
     "jamba": ("jamba-tiny", dict(TINY, moe_intermediate_size=128, layer_pattern="mamba/mlp attn/moe mamba/mlp mamba/moe", mamba_d_state=8)),
     # Granite-4.0-H-style: Mamba-2 and attention, experts + shared MLP everywhere, muP multipliers.
     "granite": ("granite-hybrid-tiny", dict(TINY, moe_intermediate_size=32, layer_pattern="mamba2/moe attn/moe mamba2/moe", mamba2_chunk_size=8)),
+    # DeepSeek-V3-style: MLA (low-rank q, latent cache, absorbed decode), a dense layer then DeepSeekMoE.
+    "deepseek": (
+        "deepseek-v3-tiny",
+        dict(TINY, num_key_value_heads=4, moe_intermediate_size=32, shared_expert_intermediate_size=32, q_lora_rank=24,
+             kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, head_dim=8),
+    ),
     # Falcon-H1-style: attention beside Mamba-2 in one layer (full and sliding), its muP multipliers,
     # a Mamba-2 width not tied to expand and the gate without a norm; a plain attention layer between.
     "falcon": (

@@ -252,6 +252,8 @@ def test_state_space_cache_is_constant_and_matches_dynamic_cache(preset):
         ("jamba-v0.1", "jamba", 51_570_323_328, 12_110_311_296),  # published: 52B total, 12B active
         ("granite-4.0-h-tiny", "granitemoehybrid", 6_939_037_248, 1_465_470_528),  # published: 7B total
         ("falcon-h1-0.5b", "falcon_h1", 521_411_104, 521_411_104),  # published: 0.52B
+        ("deepseek-v3", "deepseek_v3", 671_026_404_352, 37_552_282_624),  # published: 671B total, 37B active
+        ("deepseek-v2-lite", "deepseek_v2", 15_706_484_224, 2_661_150_208),  # published: 15.7B total, 2.4B active
     ],
 )
 def test_state_space_presets_match_the_native_model(preset, target, total, active):
@@ -266,6 +268,14 @@ def test_state_space_presets_match_the_native_model(preset, target, total, activ
     counted = count_parameters(config)
     assert counted["total"] == native.num_parameters() == total
     assert counted["active"] == active
+
+
+def test_deepseek_v3_caches_the_latent_not_the_heads():
+    """layers.md §2d: 61 layers x (512 + 64) x 2 bytes = 70,272 B/token in bf16, against 4,997,120 for the
+    same heads caching full keys and values (61 x 128 x (192 + 128) x 2)."""
+    cache = cache_bytes_per_token(hf_llmarch.load_preset("deepseek-v3"), 4096, dtype=torch.bfloat16)
+    assert cache["bytes_per_token"] == 70_272 == 61 * (512 + 64) * 2
+    assert cache["mha_equivalent_bytes_per_token"] == 4_997_120 == 61 * 128 * (192 + 128) * 2
 
 
 def test_attention_flops_grow_linearly_with_context():
@@ -343,3 +353,13 @@ def test_every_router_counts_its_own_parameters(router):
     router_type, fields = router
     config = hf_llmarch.load_preset("mixtral-tiny", router_type=router_type, **fields)
     assert count_parameters(config)["total"] == AutoModelForCausalLM.from_config(config).num_parameters()
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_mtp_modules_count_in_total_not_active(depth):
+    from conftest import tiny_model
+
+    plain, with_mtp = tiny_model("deepseek"), tiny_model("deepseek", num_nextn_predict_layers=depth)
+    counted, base = count_parameters(with_mtp.config), count_parameters(plain.config)
+    assert counted["total"] == with_mtp.num_parameters() == base["total"] + counted["mtp"]
+    assert counted["active"] == base["active"] and counted["mtp"] > 0

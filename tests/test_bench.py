@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hf_llmarch import bench
-from hf_llmarch.bench import harness, overhead, report, ssm
+from hf_llmarch.bench import harness, mla, overhead, report, ssm
 from hf_llmarch.bench.settings import QUICK
 from hf_llmarch.convert import ADAPTERS
 from hf_llmarch.models.modeling import LlmArchForCausalLM
@@ -191,6 +191,51 @@ def test_ssm_suite_reports_a_reference_from_hf_does_not_take_as_skipped(tmp_path
     assert row.endswith("| SKIPPED |")
 
 
+def test_mla_suite(tmp_path, monkeypatch):
+    monkeypatch.setattr(mla, "MLA_GOAL_CONTEXT", 32)  # the goal's row, at a context QUICK reaches
+    res = _run(tmp_path, "mla", "--no-memory")
+    assert res["status"] == "ok" and res["parity"]["passed"] is True
+    for field in ("max_abs_logit_diff", "max_abs_decode_logit_diff"):
+        assert res["parity"][field] <= harness.PARITY_TOL, field
+    assert res["parity"]["greedy_tokens_differing"] == 0
+    _check_metrics(res, ["ours", "transformers", "accounting", "MLA", "baseline"])
+    contexts, metrics, raw = QUICK["mla_contexts"].split(","), res["metrics"], res["raw"]
+    lo, hi = contexts[0], contexts[-1]
+    what = ("decode ms/token", "decode tokens/s", "cache after prefill", "decode peak memory")
+    decode_rows = [f"{w} @{c}" for c in contexts for w in what]
+    assert list(metrics) == [*decode_rows, f"decode speedup @{hi} / @{lo}", *mla.claim_metrics()]
+    speedup = {}
+    for c in contexts:  # JSON turns the int context keys of raw into strings
+        per_token = {n: statistics.median(t) / QUICK["decode_steps"] for n, t in raw["decode_s"][c].items()}
+        assert all(len(t) == QUICK["repeats"] for t in raw["decode_s"][c].values())
+        ms, tps = metrics[f"decode ms/token @{c}"], metrics[f"decode tokens/s @{c}"]
+        for name in ("ours", "transformers"):
+            assert ms["values"][name] == pytest.approx(per_token[name] * 1e3)
+            assert tps["values"][name] == pytest.approx(1 / per_token[name])
+        speedup[c] = per_token["transformers"] / per_token["ours"]
+        assert tps["ratio_of"] == "ours/transformers" and tps["ratio"] == pytest.approx(speedup[c])
+        assert ("goal" in tps) == (c == "32")
+        if "goal" in tps:
+            assert tps["goal"] == ">= 2.0" and tps["pass"] == (tps["ratio"] >= 2.0)
+        # Both caches hold the latent and the RoPE key, exactly what the accounting counts (fp32 here).
+        held = raw["cache_bytes"][c]
+        assert held["ours"] == held["transformers"] == raw["accounting_cache_bytes"][c] > 0
+        mib = held["ours"] / 2**20
+        assert metrics[f"cache after prefill @{c}"]["values"] == pytest.approx(dict.fromkeys(("ours", "transformers", "accounting"), mib))
+        assert raw["prefill_logit_diff"][c] <= harness.PARITY_TOL  # the chunked prefills agree
+        assert metrics[f"decode peak memory @{c}"]["values"] == {"ours": None, "transformers": None}  # --no-memory
+    widening = metrics[f"decode speedup @{hi} / @{lo}"]
+    assert widening["ratio"] == pytest.approx(speedup[hi] / speedup[lo]) and widening["goal"] == "> 1.0"
+    v3, v2 = metrics["V3 cache/token vs MHA-equivalent"], metrics["V2 cache/token vs DeepSeek 67B GQA"]
+    assert v3["values"] == {"MLA": 70_272, "baseline": 4_997_120} and v3["ratio"] == pytest.approx(100 * (1 - 70_272 / 4_997_120))
+    assert v2["values"] == {"MLA": 69_120, "baseline": 389_120} and round(v2["ratio"]) == 82
+    assert round(metrics["V2 cache/token at 6-bit KV vs 67B"]["ratio"], 1) == 93.3  # DeepSeek-V2's claim
+    claim = metrics["V3 @128K, claim's arithmetic"]
+    assert round(claim["values"]["baseline"], 1) == 213.5 and round(claim["values"]["MLA"], 2) == 7.62
+    assert round(claim["ratio"], 1) == 96.4  # 28x, not the 93% claimed beside it
+    assert round(metrics["V3 @128K, our accounting vs MHA"]["values"]["MLA"], 2) == 8.58
+
+
 def test_format_table_marks_goals():
     res = {
         "title": "t",
@@ -315,3 +360,16 @@ def test_attention_implementation_is_chosen_and_checked(tmp_path):
     assert res["status"] == "ok" and "eager" in res["title"] and res["setup"]["attn"] == "eager"
     with pytest.raises(SystemExit, match="flash-attn"):
         bench.main(["--suite", "dense", "--quick", "--device", "cpu", "--attn", "flash_attention_2"])
+
+
+def test_mtp_suite(tmp_path):
+    """Greedy and self-speculative decoding agree before any timing; the rows come from the raw data."""
+    res = _run(tmp_path, "mtp")
+    assert res["status"] == "ok" and res["parity"] == {"identical_tokens": True, "passed": True}
+    stats, metrics = res["raw"]["speculation"], res["metrics"]
+    tokens = 4 * QUICK["new_tokens"]
+    assert metrics["draft acceptance rate"]["values"]["mtp"] == pytest.approx(stats["accepted"] / stats["drafted"])
+    assert metrics["main-model forwards per token"]["values"]["mtp"] == pytest.approx(stats["main_forwards"] / tokens)
+    tps = metrics["decode tokens/s (tok/s)"]
+    for name in ("greedy", "mtp"):
+        assert tps["values"][name] == pytest.approx(tokens / statistics.median(res["raw"]["decode_s"][name]))

@@ -1,5 +1,7 @@
 """Parameter counts by component (matmul weights apart from the rest), from a config alone."""
 
+import copy
+
 import torch
 
 from ..pattern import parallel_parts
@@ -31,6 +33,24 @@ def _attention_params(config) -> Params:
         _linear(h, kv_out, config.attention_bias),
         _linear(q_out, h, config.attention_out_bias),
         qk_norm,
+    )
+
+
+def _mla_params(config) -> Params:
+    """Low-rank (q_a, norm, q_b) or full query, the shared kv_a down-projection and its norm, the
+    per-head kv_b up-projection and o_proj."""
+    h, heads, bias = config.hidden_size, config.num_attention_heads, config.attention_bias
+    qk = config.qk_nope_head_dim + config.qk_rope_head_dim
+    if config.q_lora_rank is None:
+        query = _linear(h, heads * qk)
+    else:
+        query = _add(_linear(h, config.q_lora_rank, bias), (0, config.q_lora_rank), _linear(config.q_lora_rank, heads * qk))
+    return _add(
+        query,
+        _linear(h, config.kv_lora_rank + config.qk_rope_head_dim, bias),  # kv_a_proj_with_mqa
+        (0, config.kv_lora_rank),  # kv_a_layernorm
+        _linear(config.kv_lora_rank, heads * (config.qk_nope_head_dim + config.v_head_dim)),  # kv_b_proj
+        _linear(heads * config.v_head_dim, h, bias),  # o_proj
     )
 
 
@@ -130,10 +150,23 @@ _MIXER_PARAMS = {
     "mamba": _mamba_params,
     "mamba2": _mamba2_params,
     "s4d": _s4d_params,
+    "mla": _mla_params,
 }
 MIXER_STATE = {"retention": _retention_state, "mamba": _mamba_state, "mamba2": _mamba2_state, "s4d": _s4d_state}
-# Mixers with a standard per-token K/V cache (num_key_value_heads x head_dim, keys and values).
-KV_MIXERS = ("attn", "swa")
+# Mixers with a per-token cache: the values each holds per token per layer. MLA caches its latent and
+# the shared RoPE key only (layers.md §2a).
+KV_ELEMENTS_PER_TOKEN = {
+    "attn": lambda c: 2 * c.num_key_value_heads * c.head_dim,
+    "swa": lambda c: 2 * c.num_key_value_heads * c.head_dim,
+    "mla": lambda c: c.kv_lora_rank + c.qk_rope_head_dim,
+}
+# Attention FLOPs per attended key per query: 2 per q.k multiply-add and 2 per weights.v one, per head.
+# MLA counts its per-head (expanded) form, the one training runs.
+ATTENTION_FLOPS_PER_KEY = {
+    "attn": lambda c: 4 * c.num_attention_heads * c.head_dim,
+    "swa": lambda c: 4 * c.num_attention_heads * c.head_dim,
+    "mla": lambda c: 2 * c.num_attention_heads * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim),
+}
 STATE_DTYPE = torch.float32  # recurrent states are kept in fp32 whatever the model dtype (conv histories: the model's)
 
 
@@ -211,7 +244,8 @@ def count_parameters(config) -> dict:
     `total` equals `sum(p.numel() for p in model.parameters())` (tied weights once).
     `active` is what one token touches: every parameter except the routed experts it is not sent
     to (num_experts_per_tok of num_experts count per MoE layer; the router and shared experts count fully). As is
-    customary, the whole embedding table counts as active.
+    customary, the whole embedding table counts as active. Multi-token-prediction modules (`mtp`) count in
+    `total` but not in `active`: decoding runs without them.
     """
     layers = layer_counts(config)
     embeddings = config.vocab_size * config.hidden_size
@@ -221,8 +255,9 @@ def count_parameters(config) -> dict:
     mixers = {name: sum(p) for name, p in layers["mixers"].items()}
     shared = embeddings + lm_head + sum(mixers.values()) + sum(layers["dense_ffn"]) + sum(layers["router"])
     shared += sum(layers["moe_shared"]) + layers["norms"]
+    mtp = _mtp_params(config)
     return {
-        "total": shared + sum(layers["moe_experts"]),
+        "total": shared + sum(layers["moe_experts"]) + mtp,
         "active": shared + sum(layers["moe_experts_active"]),
         "embeddings": embeddings,
         "lm_head": lm_head,
@@ -233,4 +268,19 @@ def count_parameters(config) -> dict:
         "moe_shared": sum(layers["moe_shared"]),
         "router": sum(layers["router"]),
         "norms": layers["norms"],
+        "mtp": mtp,
     }
+
+
+def _mtp_params(config) -> int:
+    """The num_nextn_predict_layers MTP modules: each a layer of the stack's last kinds (all its experts),
+    its head norm, enorm and hnorm, and eh_proj [H, 2H]. Not `active`: the main model decodes without them."""
+    if not config.num_nextn_predict_layers:
+        return 0
+    last = copy.copy(config)
+    last.mixer_types, last.ffn_types = config.mixer_types[-1:], config.ffn_types[-1:]
+    module = layer_counts(last)  # its `norms` count the layer's norms and one more: the head norm
+    per_module = sum(sum(part) for part in module["mixers"].values()) + module["norms"]
+    per_module += sum(sum(module[key]) for key in ("dense_ffn", "moe_experts", "moe_shared", "router"))
+    per_module += 2 * _norm_params(config) + 2 * config.hidden_size * config.hidden_size
+    return config.num_nextn_predict_layers * per_module

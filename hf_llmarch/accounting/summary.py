@@ -49,9 +49,14 @@ def format_summary(summary: dict) -> str:
         ("  MoE experts (active)", f"{_human(params['moe_experts'])} ({_human(params['moe_experts_active'])})"),
         *((("  MoE shared experts", _human(params["moe_shared"])),) if params["moe_shared"] else ()),
         ("  router / norms", f"{_human(params['router'])} / {_human(params['norms'])}"),
+        *((("  MTP modules (not active)", _human(params["mtp"])),) if params["mtp"] else ()),
         (f"FLOPs/token @ {ctx}", f"{_human(flops['forward'])} forward, {_human(flops['training'])} training"),
         (f"cache @ {ctx} ({cache['dtype']})", f"{_human_bytes(cache['total_bytes'])} per sequence"),
-        ("cache/token", _human_bytes(cache["bytes_per_token"])),
+        ("cache/token", f"{_human_bytes(cache['bytes_per_token'])} ({cache['bytes_per_token']:,.0f} B)"),
+        *(
+            (("  full K/V of the same heads", f"{cache['mha_equivalent_bytes_per_token']:,} B/token (MLA caches the latent)"),)
+            if "mha_equivalent_bytes_per_token" in cache else ()
+        ),
         *(
             (f"  {t} x{e['layers']}", f"{_human_bytes(e['total_bytes'])}{' (constant)' if e['constant_in_context'] else ''}")
             for t, e in cache["by_layer_type"].items()

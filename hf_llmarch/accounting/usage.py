@@ -4,7 +4,7 @@ cache holds (KV caches grow, recurrent states do not)."""
 import torch
 
 from ..mixers.registry import MASK_OF_LAYER_TYPE
-from .params import KV_MIXERS, MIXER_STATE, STATE_DTYPE, layer_counts, layer_parts
+from .params import ATTENTION_FLOPS_PER_KEY, KV_ELEMENTS_PER_TOKEN, MIXER_STATE, STATE_DTYPE, layer_counts, layer_parts
 
 
 def _attended_tokens(config, layer_type: str, context: int) -> int:
@@ -16,13 +16,14 @@ def _attended_tokens(config, layer_type: str, context: int) -> int:
 def flops_per_token(config, context: int) -> dict:
     """Forward FLOPs for one token that sees `context` tokens (itself included), and training ≈ 3×.
 
-        forward = 2 * M + sum_attention_layers 4 * n_kv(layer) * num_heads * head_dim + sum_recurrent S
+        forward = 2 * M + sum_attention_layers n_kv(layer) * F_key + sum_recurrent S
 
     * M: active matmul weights, i.e. the weight matrices of every projection, FFN, router and the
       active and shared experts, plus the LM head (vocab x hidden, a matmul even when tied). The embedding
       lookup, biases and norm weights are not matmuls and are left out.
     * n_kv: keys attended, `context` for full attention, min(context, sliding_window) for sliding
-      layers; 4 = 2 (q·k) + 2 (weights·v) FLOPs per key per head dimension.
+      layers; F_key: 4 * num_heads * head_dim (2 for q·k and 2 for weights·v per head dimension), for
+      MLA 2 * num_heads * (qk_nope + qk_rope + v head dims).
     * S: a recurrent mixer's state update and read-out (retention: 4 * H * Dk * Dv), constant in
       context.
     * training = 3 * forward (backward ≈ 2 × forward).
@@ -37,9 +38,8 @@ def flops_per_token(config, context: int) -> dict:
         for part in layer_parts(mixer):
             if part in MIXER_STATE:
                 state += MIXER_STATE[part](config)[0]
-            elif part in KV_MIXERS:
-                attended = _attended_tokens(config, layer_type, context)
-                attention += 4 * attended * config.num_attention_heads * config.head_dim
+            elif part in ATTENTION_FLOPS_PER_KEY:
+                attention += _attended_tokens(config, layer_type, context) * ATTENTION_FLOPS_PER_KEY[part](config)
     forward = 2 * matmul + attention + state
     return {
         "context": context,
@@ -67,9 +67,9 @@ def _part_cache_bytes(config, mixer: str, layer_type: str, context: int, dtype: 
     if mixer in MIXER_STATE:
         _, state, conv = MIXER_STATE[mixer](config)
         return state * STATE_DTYPE.itemsize + conv * dtype.itemsize, True
-    if mixer not in KV_MIXERS:
+    if mixer not in KV_ELEMENTS_PER_TOKEN:
         raise NotImplementedError(f"accounting does not know the cache of mixer {mixer!r} ({layer_type}) yet")
-    per_token = 2 * config.num_key_value_heads * config.head_dim * dtype.itemsize  # keys + values
+    per_token = KV_ELEMENTS_PER_TOKEN[mixer](config) * dtype.itemsize
     if MASK_OF_LAYER_TYPE[layer_type] == "sliding_attention":
         # DynamicSlidingWindowLayer keeps the last window - 1 tokens; the current one is appended.
         held = min(context, config.sliding_window - 1)
@@ -83,7 +83,10 @@ def cache_bytes_per_token(config, context: int, dtype: torch.dtype = torch.bfloa
     * full attention: 2 (k, v) * num_key_value_heads * head_dim * dtype bytes for every token;
     * sliding attention: the same for min(context, sliding_window - 1) tokens (what transformers'
       DynamicSlidingWindowLayer keeps);
-    * recurrent mixers (retention): a fixed fp32 state, [H, Dk, Dv] per layer, whatever `context`.
+    * recurrent mixers (retention): a fixed fp32 state, [H, Dk, Dv] per layer, whatever `context`;
+    * MLA: the latent and the shared RoPE key, kv_lora_rank + qk_rope_head_dim values per token; with
+      MLA layers the result also gives `mha_equivalent_bytes_per_token`, what the same heads would
+      cache as full keys and values (num_heads * (qk_nope + qk_rope + v head dims) per layer).
 
     `bytes_per_token` figures are total / context. `constant_layers` lists the layers whose cache
     no longer grows at this context (recurrent always, sliding once the window is full).
@@ -103,7 +106,7 @@ def cache_bytes_per_token(config, context: int, dtype: torch.dtype = torch.bfloa
     for entry in by_type.values():
         entry["bytes_per_token"] = entry["total_bytes"] / context
     total = sum(entry["total_bytes"] for entry in by_type.values())
-    return {
+    result = {
         "context": context,
         "dtype": str(dtype).removeprefix("torch."),
         "total_bytes": total,
@@ -111,3 +114,8 @@ def cache_bytes_per_token(config, context: int, dtype: torch.dtype = torch.bfloa
         "by_layer_type": by_type,
         "constant_layers": constant_layers,
     }
+    mla_layers = config.mixer_types.count("mla")
+    if mla_layers:
+        per_layer = config.num_attention_heads * (config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim)
+        result["mha_equivalent_bytes_per_token"] = mla_layers * per_layer * dtype.itemsize
+    return result

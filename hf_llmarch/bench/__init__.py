@@ -18,12 +18,22 @@ machine noise hits every model alike; every reported number is the median over r
             weights: forward+backward tokens/s and peak memory; per-token decode latency of our mamba
             and mamba2 and a dense model of the same width, depth and parameters at 1k/4k/16k contexts
             (`ssm_decode`), and our mamba's decode vs MambaForCausalLM's; `--plot PATH` saves the latencies.
+* mla:      `llmarch_deepseek` converted with `from_hf` from a random `DeepseekV3ForCausalLM`, same weights:
+            decode ms/token and tokens/s at 1k/4k/8k contexts (`mla_decode`; ours absorbs kv_b_proj, transformers
+            re-expands the cache every step), the cache bytes each holds beside the accounting's, peak memory of
+            the decode steps; the survey's "93% (213.5 GB -> 7.6 GB)" claim recomputed from our accounting for V2
+            against DeepSeek 67B and for V3; `--plot PATH` saves the latencies.
+
+* mtp:      multi-token prediction: a tiny DeepSeek-V3-shaped model with one MTP module, trained on
+            the embedded corpus, decodes held-out prompts greedily and with `mtp_generate`
+            (self-speculative): identical tokens first, then the drafts' acceptance rate, main-model
+            forwards per token and tokens/s of each.
 
 A suite that compares ours with a transformers model reports a speed only once parity holds (fp32
 logits within tolerance and equal greedy tokens; for the moe block, outputs and input gradients;
 the moe suite checks block and model before timing either): otherwise
 it fails, says which check failed by how much, and `run` returns 1. Peak memory: see `harness`.
-Speed is measured here, never in unit tests. One module per suite (moe: `moe` and `moe_model`; ssm: `ssm` and `ssm_decode`); `harness` times and measures,
+Speed is measured here, never in unit tests. One module per suite (moe: `moe` and `moe_model`; ssm: `ssm` and `ssm_decode`; mla: `mla` and `mla_decode`); `harness` times and measures,
 `report` formats, `settings` holds the flags.
 """
 
@@ -40,13 +50,18 @@ from ..console import show_on_console
 from .dense import bench_dense
 from .harness import log
 from .hybrid import bench_hybrid
+from .mla import bench_mla
 from .moe import bench_moe
+from .mtp import bench_mtp
 from .overhead import bench_overhead
 from .report import format_markdown, format_table
 from .settings import SUITES, add_arguments, resolve_settings
 from .ssm import bench_ssm
 
-SUITE_FNS = {"dense": bench_dense, "overhead": bench_overhead, "hybrid": bench_hybrid, "moe": bench_moe, "ssm": bench_ssm}
+SUITE_FNS = {
+    "dense": bench_dense, "overhead": bench_overhead, "hybrid": bench_hybrid, "moe": bench_moe, "ssm": bench_ssm,
+    "mla": bench_mla, "mtp": bench_mtp,
+}
 
 __all__ = ["SUITES", "SUITE_FNS", "add_arguments", "format_markdown", "format_table", "main", "run"]
 

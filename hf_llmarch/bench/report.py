@@ -71,3 +71,22 @@ def format_markdown(suite: str, res: dict) -> str:
     lines.append("|" + "|".join("---" for _ in header) + "|")
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join([*lines, ""])
+
+
+def plot_decode_latency(suite: str, path: str, ms: dict) -> None:
+    """`ms` {context: {model: ms/token}} as one line per model over context (a model may miss contexts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in sorted({n for t in ms.values() for n in t}):
+        points = [(c, t[name]) for c, t in ms.items() if name in t]
+        ax.plot(*zip(*points), marker="o", label=name)
+    ax.set(xscale="log", xlabel="context (tokens)", ylabel="decode ms/token (median)", title=f"{suite} suite: decode latency")
+    ax.set_xticks(list(ms), [str(c) for c in ms])
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

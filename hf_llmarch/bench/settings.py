@@ -6,7 +6,7 @@ import importlib.util
 
 import torch
 
-SUITES = ("dense", "overhead", "hybrid", "moe", "ssm")
+SUITES = ("dense", "overhead", "hybrid", "moe", "ssm", "mla", "mtp")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -20,6 +20,7 @@ DEVICE_DEFAULTS = {
     "decode_steps": (16, 64),
     "moe_tokens": (4096, 16384),
     "ssm_seq": (128, 1024),
+    "mtp_steps": (400, 2000),
 }
 SHAPE_FLAGS = ("hidden", "layers", "heads", "kv-heads", "vocab", "intermediate", "moe-intermediate", "experts", "top-k")
 SHAPE_DEFAULTS = {
@@ -34,10 +35,12 @@ SHAPE_DEFAULTS = {
     "top_k": 2,
     "contexts": "256,1024,4096",
     "ssm_contexts": "1024,4096,16384",
+    "mla_layers": 4,  # 8k prefills of both models stay within a minute on one CPU thread
+    "mla_contexts": "1024,4096,8192",
 }
 QUICK = {
     **dict(batch=1, seq=16, prompt=8, new_tokens=4, repeats=1, decode_steps=2, moe_tokens=64, contexts="16,32"),
-    **dict(ssm_seq=16, ssm_contexts="16,32,64"),
+    **dict(ssm_seq=16, ssm_contexts="16,32,64", mla_layers=2, mla_contexts="16,32,64", mtp_steps=3),
     **dict(hidden=64, layers=2, heads=4, kv_heads=2, vocab=256, intermediate=128, moe_intermediate=64, experts=4),
 }
 
@@ -63,7 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moe-tokens", type=int, help="tokens per MoE block forward+backward")
     parser.add_argument("--ssm-seq", type=int, help="ssm suite: train sequence length, batch 1 (default 128 on cpu)")
     parser.add_argument("--ssm-contexts", help="ssm suite decode contexts, comma-separated (default 1024,4096,16384)")
-    parser.add_argument("--plot", metavar="PATH", help="ssm suite: save decode latency vs context here (needs matplotlib)")
+    parser.add_argument("--mla-layers", type=int, help="mla suite: depth of both models (default 4)")
+    parser.add_argument("--mla-contexts", help="mla suite decode contexts, comma-separated (default 1024,4096,8192)")
+    parser.add_argument("--mtp-steps", type=int, help="mtp suite: training steps of the tiny model (default 400 on cpu)")
+    parser.add_argument("--plot", metavar="PATH", help="ssm, mla suites: save decode latency vs context here (needs matplotlib)")
     for flag in SHAPE_FLAGS:
         default = SHAPE_DEFAULTS[flag.replace("-", "_")]
         parser.add_argument(f"--{flag}", type=int, help=f"model shape (default {default})")
@@ -93,6 +99,7 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
             setattr(s, key, DEVICE_DEFAULTS[key][on_cuda] if key in DEVICE_DEFAULTS else SHAPE_DEFAULTS[key])
     s.contexts = [int(c) for c in str(s.contexts).split(",")]
     s.ssm_contexts = sorted(int(c) for c in str(s.ssm_contexts).split(","))
+    s.mla_contexts = sorted(int(c) for c in str(s.mla_contexts).split(","))
     if s.plot and not importlib.util.find_spec("matplotlib"):
         raise SystemExit("llmarch bench: --plot needs matplotlib (pip install matplotlib)")
     if s.hybrid_pattern is None:

@@ -13,7 +13,7 @@ import torch
 
 from .. import compat
 from .harness import log, median, sync
-from .report import metric
+from .report import metric, plot_decode_latency
 
 FLAT_DECODE_GOAL = ("<=", 1.10)  # recurrent decode at the longest vs the shortest context
 NATIVE_DECODE_GOAL = (">=", 1.0)  # our mamba's decode tokens/s over MambaForCausalLM's
@@ -114,25 +114,8 @@ def bench_ssm_decode(s, models: dict, native, device) -> tuple[dict, dict, dict]
         metrics[f"{name} decode @{hi} / @{lo}"] = metric("x", {}, f"{name}@{hi}/@{lo}", FLAT_DECODE_GOAL, flat)
     metrics["faster than dense from context"] = metric("tokens", {n: _overtakes(per_token, n) for n in RECURRENT})
     if s.plot:
-        _plot(s.plot, per_token)
+        plot_decode_latency("ssm", s.plot, {c: {n: t * 1e3 for n, t in times.items()} for c, times in per_token.items()})
+        log.info(f"[ssm] decode plot written to {s.plot}")
     counts = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     return metrics, raw, counts
 
-
-def _plot(path: str, per_token: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in sorted({n for t in per_token.values() for n in t}):
-        points = [(c, t[name] * 1e3) for c, t in per_token.items() if name in t]
-        ax.plot(*zip(*points), marker="o", label=name)
-    ax.set(xscale="log", xlabel="context (tokens)", ylabel="decode ms/token (median)", title="ssm suite: decode latency")
-    ax.set_xticks(list(per_token), [str(c) for c in per_token])
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    log.info(f"[ssm] decode plot written to {path}")

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from ..models.modeling import LlmArchForCausalLM
-from . import falcon, gpt2, granite, jamba, llama, moe, ssm
+from . import deepseek, falcon, gpt2, granite, jamba, llama, moe, ssm
 from .checkpoint import CheckpointError, TensorSource, copy_sidecar_files, read_config_json
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 ADAPTERS = {
     "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2, "mixtral": moe, "qwen2_moe": moe,
     "qwen3_moe": moe, "mamba": ssm, "mamba2": ssm, "jamba": jamba,
-    "granitemoehybrid": granite, "falcon_h1": falcon,
+    "granitemoehybrid": granite, "falcon_h1": falcon, "deepseek_v2": deepseek,
+    "deepseek_v3": deepseek,
 }
 HEAD_KEY = "lm_head.weight"
 # Native families with muP-style scalings; every other target needs ours at their neutral values.
@@ -58,7 +59,10 @@ def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchFor
     native_config, src, attn = _open_native(path_or_model)
     adapter = _adapter(native_config.model_type)
     config_cls, model_cls = adapter.OURS
-    config = config_cls(**adapter.config_from_hf(native_config), converted_from=native_config.model_type)
+    fields = adapter.config_from_hf(native_config)
+    if hasattr(adapter, "fields_for_checkpoint"):  # settings only the tensors can tell (DeepSeek's MTP depth)
+        fields = adapter.fields_for_checkpoint(fields, src)
+    config = config_cls(**fields, converted_from=native_config.model_type)
     expected = _expected_shapes(model_cls, config)
     head_shape = expected.pop(HEAD_KEY)
     state_dict = adapter.state_dict_from_hf(src, expected, config)
@@ -97,6 +101,8 @@ def infer_target(config) -> str:
     without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a mix); else llama."""
     if any(m.startswith("par(") for m in config.mixer_types):
         return "falcon_h1"
+    if "mla" in config.mixer_types:
+        return "deepseek_v3" if config.router_type == "deepseek" else "deepseek_v2"
     if set(config.mixer_types) <= {"mamba", "mamba2"}:
         return config.mixer_types[0]
     if set(config.mixer_types) == {"attn", "mamba"}:

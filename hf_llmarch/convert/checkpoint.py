@@ -67,6 +67,22 @@ def shared_fields_from_hf(cfg) -> dict:
     )
 
 
+def refuse_unless_fixed(config, target: str, fixed: dict) -> None:
+    """ValueError naming the first field of ours whose value `target` cannot reproduce (it needs `fixed`)."""
+    for field, value in fixed.items():
+        if getattr(config, field) != value:
+            raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed in {target} (which needs {value!r})")
+
+
+def refuse_split_attention_bias(config, target: str) -> None:
+    """For targets whose one attention_bias covers q, k, v and o together."""
+    if config.attention_bias != config.attention_out_bias:
+        raise ValueError(
+            f"attention_bias={config.attention_bias} with attention_out_bias={config.attention_out_bias} cannot be "
+            f"expressed in {target}, whose attention_bias covers q, k, v and o together"
+        )
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model: missing, unexpected or mis-shaped tensors, or unreadable files."""
 

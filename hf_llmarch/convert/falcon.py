@@ -20,7 +20,13 @@ a buffer Falcon rebuilds from the config, never a checkpoint tensor.
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
 from ..models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM
-from .checkpoint import rename_key, shared_fields_from_hf, take_under_native_names
+from .checkpoint import (
+    refuse_split_attention_bias,
+    refuse_unless_fixed,
+    rename_key,
+    shared_fields_from_hf,
+    take_under_native_names,
+)
 
 OURS = (LlmArchHybridConfig, LlmArchHybridForCausalLM)
 FFN_KINDS = ("mlp",)
@@ -96,14 +102,8 @@ def state_dict_to_hf(src, expected: dict[str, tuple], config) -> dict:
 
 
 def check_expressible(config, target: str):
-    for field, value in _FIXED.items():
-        if getattr(config, field) != value:
-            raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed in {target} (which needs {value!r})")
-    if config.attention_bias != config.attention_out_bias:
-        raise ValueError(
-            f"attention_bias={config.attention_bias} with attention_out_bias={config.attention_out_bias} cannot be "
-            f"expressed in {target}, whose attention_bias covers q, k, v and o together"
-        )
+    refuse_unless_fixed(config, target, _FIXED)
+    refuse_split_attention_bias(config, target)
 
 
 def config_to_hf(config, target: str):

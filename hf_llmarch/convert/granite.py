@@ -19,7 +19,13 @@ import torch
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
 
 from ..models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM
-from .checkpoint import rename_key, shared_fields_from_hf, take_under_native_names
+from .checkpoint import (
+    refuse_split_attention_bias,
+    refuse_unless_fixed,
+    rename_key,
+    shared_fields_from_hf,
+    take_under_native_names,
+)
 
 OURS = (LlmArchHybridConfig, LlmArchHybridForCausalLM)
 FFN_KINDS = ("mlp", "moe")
@@ -126,15 +132,8 @@ def state_dict_to_hf(src, expected: dict[str, tuple], config) -> dict:
 
 
 def check_expressible(config, target: str):
-    fixed = _FIXED | (_FIXED_ROUTED if "moe" in config.ffn_types else {})
-    for field, value in fixed.items():
-        if getattr(config, field) != value:
-            raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed in {target} (which needs {value!r})")
-    if config.attention_bias != config.attention_out_bias:
-        raise ValueError(
-            f"attention_bias={config.attention_bias} with attention_out_bias={config.attention_out_bias} cannot be "
-            f"expressed in {target}, whose attention_bias covers q, k, v and o together"
-        )
+    refuse_unless_fixed(config, target, _FIXED | (_FIXED_ROUTED if "moe" in config.ffn_types else {}))
+    refuse_split_attention_bias(config, target)
     kinds = set(config.ffn_types)
     if kinds == {"moe"} and not config.shared_expert_intermediate_size:
         raise ValueError(f"shared_expert_intermediate_size=None cannot be expressed in {target}: its MoE layers have a shared MLP")

@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from ..models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM
-from .checkpoint import shared_fields_from_hf
+from .checkpoint import refuse_split_attention_bias, refuse_unless_fixed, shared_fields_from_hf
 
 # Our family these checkpoints convert to, and the FFN kinds its native layers express.
 OURS = (LlmArchDenseConfig, LlmArchDenseForCausalLM)
@@ -113,14 +113,9 @@ def mixers_from_layer_types(cfg) -> list[str]:
 
 def check_expressible(config, target: str):
     """Raise a ValueError naming the first field of ours that `target` cannot reproduce."""
-    for field, value in {**_COMMON, **_FIXED[target]}.items():
-        if getattr(config, field) != value:
-            raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed in {target} (which needs {value!r})")
-    if target in ONE_ATTENTION_BIAS and config.attention_bias != config.attention_out_bias:
-        raise ValueError(
-            f"attention_bias={config.attention_bias} with attention_out_bias={config.attention_out_bias} cannot be "
-            f"expressed in {target}, whose attention_bias covers q, k, v and o together"
-        )
+    refuse_unless_fixed(config, target, {**_COMMON, **_FIXED[target]})
+    if target in ONE_ATTENTION_BIAS:
+        refuse_split_attention_bias(config, target)
     swa = [m == "swa" for m in config.mixer_types]
     if target == "llama" and any(swa):
         raise ValueError(f"mixer_types={config.mixer_types}: llama has no sliding-window layers; use mistral, qwen2 or qwen3")

@@ -11,6 +11,7 @@ from ..pattern import parallel_parts
 from .attention import LlmArchAttention
 from .mamba import LlmArchSelectiveSSM
 from .mamba2 import LlmArchSSD
+from .mla import LlmArchMLA
 from .parallel import LlmArchParallelMixer
 from .registry import FFN_KINDS, MIXER_LAYER_TYPES, MIXER_TP_PLANS
 from .retention import LlmArchRetention
@@ -23,6 +24,7 @@ MIXER_CLASSES = {
     "mamba": LlmArchSelectiveSSM,
     "mamba2": LlmArchSSD,
     "s4d": LlmArchS4D,
+    "mla": LlmArchMLA,
 }
 
 
@@ -66,6 +68,7 @@ __all__ = [
     "MIXER_CLASSES",
     "MIXER_LAYER_TYPES",
     "LlmArchAttention",
+    "LlmArchMLA",
     "LlmArchParallelMixer",
     "LlmArchRetention",
     "LlmArchS4D",

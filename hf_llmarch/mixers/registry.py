@@ -16,6 +16,7 @@ MIXER_LAYER_TYPES = {
     "mamba": "linear_attention",
     "mamba2": "linear_attention",
     "s4d": "linear_attention",
+    "mla": "full_attention",
 }
 
 FFN_KINDS = ("mlp", "moe", "none")

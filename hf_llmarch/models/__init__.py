@@ -1,3 +1,9 @@
+from .deepseek import (
+    LlmArchDeepseekConfig,
+    LlmArchDeepseekForCausalLM,
+    LlmArchDeepseekForSequenceClassification,
+    LlmArchDeepseekModel,
+)
 from .dense import LlmArchDenseConfig, LlmArchDenseForCausalLM, LlmArchDenseForSequenceClassification, LlmArchDenseModel
 from .hybrid import (
     LlmArchHybridConfig,
@@ -15,6 +21,9 @@ FAMILIES = {
     "hybrid": (LlmArchHybridConfig, LlmArchHybridModel, LlmArchHybridForCausalLM, LlmArchHybridForSequenceClassification),
     "moe": (LlmArchMoeConfig, LlmArchMoeModel, LlmArchMoeForCausalLM, LlmArchMoeForSequenceClassification),
     "ssm": (LlmArchSsmConfig, LlmArchSsmModel, LlmArchSsmForCausalLM, LlmArchSsmForSequenceClassification),
+    "deepseek": (
+        LlmArchDeepseekConfig, LlmArchDeepseekModel, LlmArchDeepseekForCausalLM, LlmArchDeepseekForSequenceClassification
+    ),
 }
 
 CONFIG_CLASSES = {row[0].model_type: row[0] for row in FAMILIES.values()}

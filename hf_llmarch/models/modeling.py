@@ -21,12 +21,13 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .. import compat
 from ..configuration import LlmArchConfig
-from ..mixers import LlmArchAttention
+from ..mixers import LlmArchAttention, LlmArchMLA
 from ..mixers.registry import MASK_OF_LAYER_TYPE, STATEFUL_LAYER_TYPES
 from ..modules.moe import MoEExperts
 from ..modules.norms import build_norm
 from ..modules.rotary import LlmArchRotaryEmbedding
 from .block import LlmArchBlock
+from .mtp import LlmArchMTP
 
 logger = logging.getLogger("hf_llmarch")
 _logged_attention = set()
@@ -46,9 +47,11 @@ class LlmArchModelOutput(BaseModelOutputWithPast):
 
 @dataclass
 class LlmArchCausalLMOutput(CausalLMOutputWithPast):
-    """`loss` already includes `aux_loss` when labels are given."""
+    """`loss` already includes `aux_loss` and `mtp_loss_weight * mtp_loss` (the multi-token-prediction
+    loss, with `num_nextn_predict_layers` > 0) when labels are given."""
 
     aux_loss: torch.FloatTensor | None = None
+    mtp_loss: torch.FloatTensor | None = None
 
 
 class LlmArchPreTrainedModel(PreTrainedModel):
@@ -62,16 +65,21 @@ class LlmArchPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True  # tests/workflows: static-cache decode compiles with fullgraph=True
-    _can_record_outputs = {"hidden_states": LlmArchBlock, "attentions": LlmArchAttention}
+    _can_record_outputs = {"hidden_states": LlmArchBlock, "attentions": [LlmArchAttention, LlmArchMLA]}
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
+    def from_pretrained(cls, *args, output_loading_info: bool = False, **kwargs):
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing_mtp = sorted(key for key in info["missing_keys"] if key.startswith("mtp."))
+        if missing_mtp:  # random MTP modules would draft and add a loss as if trained
+            raise ValueError(
+                f"num_nextn_predict_layers={model.config.num_nextn_predict_layers} but the checkpoint holds no weights for "
+                f"{missing_mtp[:3]}{' ...' if len(missing_mtp) > 3 else ''}: load with num_nextn_predict_layers=0, or a checkpoint that has them"
+            )
         for module in model.modules():
             if isinstance(module, MoEExperts):
                 module.realign_()
-        return loaded
+        return (model, info) if output_loading_info else model
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -286,6 +294,8 @@ class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
         # A recurrent state cannot be rolled back to a rejected draft token, so generate() must
         # refuse assisted and prompt-lookup decoding for stacks that hold one.
         self._is_stateful = any(t in STATEFUL_LAYER_TYPES for t in config.layer_types)
+        if config.num_nextn_predict_layers:
+            self.mtp = LlmArchMTP(config)
         self.post_init()
 
     @staticmethod
@@ -331,22 +341,33 @@ class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])
-        if self.logits_scaling != 1.0:
-            logits = logits / self.logits_scaling
-        loss = None
+        logits = self.logits(outputs.last_hidden_state[:, keep, :])
+        loss = mtp_loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
             if outputs.aux_loss is not None:
                 loss = loss + outputs.aux_loss.to(loss.device)
+            if hasattr(self, "mtp"):
+                mtp_loss, mtp_aux = self.mtp.loss(
+                    self, outputs.last_hidden_state, input_ids, inputs_embeds, labels, attention_mask, position_ids
+                )
+                if mtp_loss is not None:
+                    loss = loss + self.config.mtp_loss_weight * (mtp_loss + (0 if mtp_aux is None else mtp_aux))
         return LlmArchCausalLMOutput(
             loss=loss,
             aux_loss=outputs.aux_loss,
+            mtp_loss=mtp_loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             **compat.cache_kwargs(compat.output_cache(outputs)),
         )
+
+
+    def logits(self, hidden_states) -> torch.Tensor:
+        """The LM head over [B, T, H] states, divided by `logits_scaling` (muP) when set."""
+        logits = self.lm_head(hidden_states)
+        return logits / self.logits_scaling if self.logits_scaling != 1.0 else logits
 
 
 class LlmArchForSequenceClassification(GenericForSequenceClassification, LlmArchPreTrainedModel):

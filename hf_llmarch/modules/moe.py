@@ -11,9 +11,11 @@ from transformers.activations import ACT2FN
 from ..ops.moe import moe_experts, validate_moe_impl
 from .mlp import build_mlp
 from .router_stats import RouterAux, RouterOutput, count_tokens_per_expert, load_entropy, router_losses
-from .routers import build_router, validate_router_config
+from .routers import DeepSeekRouter, build_router, validate_router_config
 
-__all__ = ["MoEExperts", "MoEFeedForward", "MoEStatsCallback", "count_tokens_per_expert", "router_losses"]
+__all__ = [
+    "BiasUpdateCallback", "MoEExperts", "MoEFeedForward", "MoEStatsCallback", "count_tokens_per_expert", "router_losses",
+]
 
 
 class MoEExperts(nn.Module):
@@ -192,3 +194,19 @@ def layer_stats(layer: MoEFeedForward) -> dict[str, float]:
         "max_load": float(load.max() / load.mean().clamp_min(1e-9)),
     }
     return stats | {loss_name: float(loss) for loss_name, loss in layer.last_losses.items()}
+
+
+class BiasUpdateCallback(TrainerCallback):
+    """Aux-loss-free balancing for `router_type='deepseek'`: `Trainer(..., callbacks=[BiasUpdateCallback()])`.
+
+    After each optimizer step (once per step under gradient accumulation) every DeepSeek router moves its
+    bias by gamma * sign(mean_load - load_e) from the loads since the previous step. gamma=None uses each
+    router's `bias_update_rate`."""
+
+    def __init__(self, gamma: float | None = None):
+        self.gamma = gamma
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        for module in model.modules():
+            if isinstance(module, DeepSeekRouter):
+                module.update_bias(self.gamma)

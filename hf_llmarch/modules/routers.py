@@ -13,7 +13,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from transformers import TrainerCallback
 
 from .router_stats import RouterAux, RouterOutput, cv_squared, router_losses
 
@@ -26,6 +25,16 @@ SHARED_FIELDS = {"router_type": "softmax_topk"}
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+def _check_reachable_experts(config) -> None:
+    """Group-limited routing must leave at least k experts to choose from."""
+    reachable = config.topk_group * (config.num_experts // config.n_group)
+    _check(
+        config.num_experts_per_tok <= reachable,
+        f"num_experts_per_tok={config.num_experts_per_tok} exceeds the {reachable} experts in the topk_group="
+        f"{config.topk_group} kept groups of {config.num_experts // config.n_group}: raise topk_group",
+    )
 
 
 class Router(nn.Module):
@@ -53,21 +62,43 @@ class Router(nn.Module):
 
 class SoftmaxTopKRouter(Router):
     """Mixtral: p = softmax(logits) in fp32, top-k of p, optionally renormalised over the k kept.
+    DeepSeek-V2: with n_group > 1 the top-k is taken inside the topk_group groups whose best expert
+    scores highest (group-limited greedy), and the weights are scaled by routed_scaling_factor.
     Losses: Switch/Mixtral load balancing and ST-MoE z-loss."""
+
+    FIELDS = {"routed_scaling_factor": 1.0}
 
     def __init__(self, config):
         super().__init__(config)
         self.norm_topk_prob = config.norm_topk_prob
+        self.n_group, self.topk_group = config.n_group, config.topk_group
+        self.routed_scaling_factor = config.routed_scaling_factor
 
     def forward(self, x, logits, real, sequences, compute_losses=True) -> RouterOutput:
         probs = logits.softmax(dim=-1)  # [N, E]
-        topk_weight, topk_idx = probs.topk(self.top_k, dim=-1)  # [N, k]
+        topk_weight, topk_idx = self._within_best_groups(probs).topk(self.top_k, dim=-1)  # [N, k]
         if self.norm_topk_prob:
             topk_weight = topk_weight / topk_weight.sum(dim=-1, keepdim=True)
+        if self.routed_scaling_factor != 1.0:
+            topk_weight = topk_weight * self.routed_scaling_factor
         aux = RouterAux(topk_idx, real, self.num_experts)
         if compute_losses:
             aux.losses = self.balance_losses(logits, probs, topk_idx, real)
         return RouterOutput(topk_idx, topk_weight, aux)
+
+
+    @classmethod
+    def validate(cls, config) -> None:
+        _check_reachable_experts(config)
+
+    def _within_best_groups(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs with the experts outside the topk_group best groups (by their best expert) set to 0."""
+        if self.n_group == 1:
+            return probs
+        grouped = probs.view(probs.shape[0], self.n_group, -1)  # [N, G, E/G]
+        kept = grouped.amax(-1).topk(self.topk_group, dim=-1).indices  # [N, topk_group]
+        keep = torch.zeros(grouped.shape[:2], dtype=torch.bool, device=probs.device).scatter(1, kept, True)
+        return grouped.masked_fill(~keep[..., None], 0.0).view_as(probs)
 
 
 class NoisyTopKRouter(Router):
@@ -245,12 +276,7 @@ class DeepSeekRouter(Router):
 
     @classmethod
     def validate(cls, config) -> None:
-        reachable = config.topk_group * (config.num_experts // config.n_group)
-        _check(
-            config.num_experts_per_tok <= reachable,
-            f"num_experts_per_tok={config.num_experts_per_tok} exceeds the {reachable} experts in the topk_group="
-            f"{config.topk_group} kept groups of {config.num_experts // config.n_group}: raise topk_group",
-        )
+        _check_reachable_experts(config)
 
     def forward(self, x, logits, real, sequences, compute_losses=True) -> RouterOutput:
         scores = logits.sigmoid()  # [N, E]
@@ -315,7 +341,7 @@ ROUTERS = {
     "hierarchical": HierarchicalRouter,
     "deepseek": DeepSeekRouter,
 }
-GROUP_FIELDS = {"n_group": 1, "topk_group": 1}  # shared by hierarchical and deepseek
+GROUP_FIELDS = {"n_group": 1, "topk_group": 1}  # shared by softmax_topk (DeepSeek-V2), hierarchical and deepseek
 LOSS_COEF_FIELDS = (
     "router_aux_loss_coef", "router_z_loss_coef", "router_importance_loss_coef", "router_load_loss_coef",
     "router_seq_aux_loss_coef", "bias_update_rate",
@@ -359,19 +385,3 @@ def validate_router_config(config) -> None:
 
 def build_router(config) -> Router:
     return ROUTERS[config.router_type](config)
-
-
-class BiasUpdateCallback(TrainerCallback):
-    """Aux-loss-free balancing for `router_type='deepseek'`: `Trainer(..., callbacks=[BiasUpdateCallback()])`.
-
-    After each optimizer step (once per step under gradient accumulation) every DeepSeek router moves its
-    bias by gamma * sign(mean_load - load_e) from the loads since the previous step. gamma=None uses each
-    router's `bias_update_rate`."""
-
-    def __init__(self, gamma: float | None = None):
-        self.gamma = gamma
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        for module in model.modules():
-            if isinstance(module, DeepSeekRouter):
-                module.update_bias(self.gamma)

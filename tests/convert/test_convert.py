@@ -8,6 +8,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
     DynamicCache,
     FalconH1Config,
     FalconH1ForCausalLM,
@@ -152,10 +156,61 @@ CASES = {
             mamba_proj_bias=True, projectors_bias=True, attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
         )
     ),
+    # DeepSeek-V3: MLA with low-rank q and YaRN (mscale), group-limited sigmoid routing with a selection
+    # bias, a shared expert after a dense layer; then a full q, no shared expert, plain RoPE halves.
+    "deepseek_v3_lora_q_yarn_groups": lambda: _with_router_bias(
+        DeepseekV3ForCausalLM(
+            DeepseekV3Config(
+                **{**SMALL, "num_hidden_layers": 3}, num_key_value_heads=4, moe_intermediate_size=32, first_k_dense_replace=1,
+                q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8,
+                num_experts_per_tok=2, n_group=4, topk_group=2, n_shared_experts=1, routed_scaling_factor=2.5,
+                rope_parameters={
+                    "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 8,
+                    "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                },
+            )
+        )
+    ),
+    "deepseek_v3_full_q_no_shared_tied": lambda: _with_router_bias(
+        DeepseekV3ForCausalLM(
+            DeepseekV3Config(
+                **SMALL, num_key_value_heads=4, moe_intermediate_size=32, first_k_dense_replace=0, q_lora_rank=None,
+                kv_lora_rank=12, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=12, n_routed_experts=4,
+                num_experts_per_tok=2, n_group=1, topk_group=1, n_shared_experts=0, norm_topk_prob=False,
+                rope_interleave=False, attention_bias=True, tie_word_embeddings=True,
+            )
+        )
+    ),
+    # DeepSeek-V2: softmax routing, group-limited greedy with a routed scaling factor and low-rank q;
+    # then V2-Lite's shape: a full q, plain greedy top-k, two shared experts.
+    "deepseek_v2_group_limited_lora_q": lambda: DeepseekV2ForCausalLM(
+        DeepseekV2Config(
+            **{**SMALL, "num_hidden_layers": 3}, num_key_value_heads=4, moe_intermediate_size=32, first_k_dense_replace=1,
+            q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, head_dim=8, v_head_dim=16,
+            n_routed_experts=8, num_experts_per_tok=2, topk_method="group_limited_greedy", n_group=4, topk_group=2,
+            n_shared_experts=1, routed_scaling_factor=16.0,
+        )
+    ),
+    "deepseek_v2_lite_greedy_full_q": lambda: DeepseekV2ForCausalLM(
+        DeepseekV2Config(
+            **SMALL, num_key_value_heads=4, moe_intermediate_size=16, first_k_dense_replace=1, q_lora_rank=None,
+            kv_lora_rank=12, qk_nope_head_dim=8, qk_rope_head_dim=4, head_dim=4, v_head_dim=8, n_routed_experts=6,
+            num_experts_per_tok=3, topk_method="greedy", n_shared_experts=2,
+        )
+    ),
     "gpt2": lambda: GPT2LMHeadModel(
         GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=1)
     ),
 }
+
+
+def _with_router_bias(model):
+    """DeepSeek's selection bias starts at 0; a random one checks that it steers selection only."""
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.normal_(0, 0.5)
+    return model
 
 
 def _native(case: str):
@@ -508,3 +563,49 @@ def test_residual_in_fp32_is_carried_and_keeps_an_fp32_stream():
     dense = LlmArchDenseForCausalLM(LlmArchDenseConfig(**SMALL, residual_in_fp32=True))
     with pytest.raises(ValueError, match="residual_in_fp32=True cannot be expressed in llama"):
         to_hf(dense, target="llama")
+
+
+def _deepseek_checkpoint_with_mtp(tmp_path, depth_in_config: int, layers_stored: int):
+    """A native DeepSeek-V3 checkpoint plus MTP layers in DeepSeek's layout (layer num_hidden_layers + k,
+    with copies of the embedding and head), taken from one of our models; returns that model."""
+    native = _native("deepseek_v3_lora_q_yarn_groups")
+    ours = from_hf(native)
+    ours.config.num_nextn_predict_layers = layers_stored
+    source = type(ours)(ours.config)  # our MTP modules, random, around the same main weights
+    source.load_state_dict(ours.state_dict(), strict=False)
+    native.config.num_nextn_predict_layers = depth_in_config
+    native.save_pretrained(tmp_path)
+    file = tmp_path / "model.safetensors"
+    state = load_file(file)
+    n = native.config.num_hidden_layers
+    for key, tensor in source.state_dict().items():
+        if key.startswith("mtp.layers."):
+            k, rest = key.removeprefix("mtp.layers.").split(".", 1)
+            rest = rest.replace("shared_head_norm.", "shared_head.norm.").replace("mlp.router.", "mlp.gate.")
+            rest = rest.replace("mlp.shared_expert.", "mlp.shared_experts.")
+            state[f"model.layers.{n + int(k)}.{rest}"] = tensor.contiguous()
+    for k in range(layers_stored):
+        state[f"model.layers.{n + k}.embed_tokens.weight"] = state["model.embed_tokens.weight"].clone()
+        state[f"model.layers.{n + k}.shared_head.head.weight"] = state["lm_head.weight"].clone()
+    save_file(state, file, metadata={"format": "pt"})
+    return source
+
+
+def test_deepseek_mtp_layers_convert_and_are_checked(tmp_path):
+    """DeepSeek-V3 stores its MTP module as layer num_hidden_layers: it becomes our mtp.layers.0 (same
+    MTP loss as the model it came from); a layer past the depth, or a depth with a layer missing, is
+    named; export refuses a model with MTP, which transformers' class cannot hold."""
+    source = _deepseek_checkpoint_with_mtp(tmp_path / "one", depth_in_config=1, layers_stored=1)
+    ours = from_hf(tmp_path / "one")
+    assert ours.config.num_nextn_predict_layers == 1
+    ids = _ids()
+    with torch.no_grad():
+        assert torch.equal(ours(ids, labels=ids).mtp_loss, source.eval()(ids, labels=ids).mtp_loss)
+    with pytest.raises(ValueError, match="num_nextn_predict_layers=1 cannot be expressed in deepseek_v3"):
+        to_hf(ours)
+    _deepseek_checkpoint_with_mtp(tmp_path / "beyond", depth_in_config=0, layers_stored=1)
+    with pytest.raises(ValueError, match=r"holds model\.layers\.3\.\* but its config says num_nextn_predict_layers=0"):
+        from_hf(tmp_path / "beyond")
+    _deepseek_checkpoint_with_mtp(tmp_path / "short", depth_in_config=2, layers_stored=1)
+    with pytest.raises(ValueError, match=r"num_nextn_predict_layers=2 but the checkpoint holds no model\.layers\.4\.\*"):
+        from_hf(tmp_path / "short")

@@ -8,7 +8,8 @@ from conftest import moe_block_config
 
 from hf_llmarch.models.dense import LlmArchDenseConfig
 from hf_llmarch.modules.moe import MoEFeedForward, MoEStatsCallback
-from hf_llmarch.modules.routers import BiasUpdateCallback, DeepSeekRouter, build_router
+from hf_llmarch.modules.moe import BiasUpdateCallback
+from hf_llmarch.modules.routers import DeepSeekRouter, build_router
 
 
 def config(**overrides):
