@@ -9,7 +9,7 @@ import inspect
 
 import transformers
 from packaging.version import Version
-from transformers.cache_utils import CacheLayerMixin
+from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING, CacheLayerMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils.generic import TransformersKwargs
 
@@ -22,6 +22,11 @@ CACHE_RENAMED = "cache" in BaseModelOutputWithPast.__dataclass_fields__
 CACHE_ARG = "cache" if CACHE_RENAMED else "past_key_values"
 # transformers' own Mamba / Mamba-2 models (conversion sources) take theirs as `cache_params` before 5.24.
 NATIVE_SSM_CACHE_ARG = "cache" if CACHE_RENAMED else "cache_params"
+# The cache layer type of DeepSeek-V3.2's sparse attention (a KV layer plus the indexer's keys) was
+# renamed: "deepseek_sparse_attention" in 5.17, "indexed_attention" by 5.24.
+INDEXED_ATTENTION_LAYER_TYPE = next(
+    name for name, layer in DYNAMIC_LAYER_TYPE_MAPPING.items() if layer.__name__ == "DynamicIndexedLayer"
+)
 # transformers' FalconH1 (a conversion source) with mamba_rms_norm=True cannot generate on 5.17: its cached
 # decode step mis-sizes the attention mask (keys 14, mask 13); 5.24 decodes. Releases between are untested.
 NATIVE_FALCON_H1_NORM_GENERATES = Version(transformers.__version__).release >= (5, 24)

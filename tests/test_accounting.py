@@ -254,6 +254,7 @@ def test_state_space_cache_is_constant_and_matches_dynamic_cache(preset):
         ("falcon-h1-0.5b", "falcon_h1", 521_411_104, 521_411_104),  # published: 0.52B
         ("deepseek-v3", "deepseek_v3", 671_026_404_352, 37_552_282_624),  # published: 671B total, 37B active
         ("deepseek-v2-lite", "deepseek_v2", 15_706_484_224, 2_661_150_208),  # published: 15.7B total, 2.4B active
+        ("deepseek-v3.2", "deepseek_v32", 671_877_929_216, 38_403_807_488),  # V3's plus the indexers
     ],
 )
 def test_state_space_presets_match_the_native_model(preset, target, total, active):
@@ -276,6 +277,8 @@ def test_deepseek_v3_caches_the_latent_not_the_heads():
     cache = cache_bytes_per_token(hf_llmarch.load_preset("deepseek-v3"), 4096, dtype=torch.bfloat16)
     assert cache["bytes_per_token"] == 70_272 == 61 * (512 + 64) * 2
     assert cache["mha_equivalent_bytes_per_token"] == 4_997_120 == 61 * 128 * (192 + 128) * 2
+    sparse = cache_bytes_per_token(hf_llmarch.load_preset("deepseek-v3.2"), 4096, dtype=torch.bfloat16)
+    assert sparse["bytes_per_token"] == 85_888 == 61 * (512 + 64 + 128) * 2  # and the indexer's key
 
 
 def test_attention_flops_grow_linearly_with_context():

@@ -54,6 +54,13 @@ def _mla_params(config) -> Params:
     )
 
 
+def _dsa_params(config) -> Params:
+    """MLA and the lightning indexer: wq_b from the query latent, wk, its LayerNorm and the head weights."""
+    heads, dim = config.index_n_heads, config.index_head_dim
+    indexer = _add(_linear(config.q_lora_rank, heads * dim), _linear(config.hidden_size, dim), (0, 2 * dim))
+    return _add(_mla_params(config), indexer, _linear(config.hidden_size, heads))
+
+
 def _retention_dims(config) -> tuple[int, int, int]:
     heads = config.retention_num_heads
     key_dim = config.hidden_size // heads
@@ -151,6 +158,7 @@ _MIXER_PARAMS = {
     "mamba2": _mamba2_params,
     "s4d": _s4d_params,
     "mla": _mla_params,
+    "dsa": _dsa_params,
 }
 MIXER_STATE = {"retention": _retention_state, "mamba": _mamba_state, "mamba2": _mamba2_state, "s4d": _s4d_state}
 # Mixers with a per-token cache: the values each holds per token per layer. MLA caches its latent and
@@ -159,6 +167,7 @@ KV_ELEMENTS_PER_TOKEN = {
     "attn": lambda c: 2 * c.num_key_value_heads * c.head_dim,
     "swa": lambda c: 2 * c.num_key_value_heads * c.head_dim,
     "mla": lambda c: c.kv_lora_rank + c.qk_rope_head_dim,
+    "dsa": lambda c: c.kv_lora_rank + c.qk_rope_head_dim + c.index_head_dim,  # and the indexer's key
 }
 # Attention FLOPs per attended key per query: 2 per q.k multiply-add and 2 per weights.v one, per head.
 # MLA counts its per-head (expanded) form, the one training runs.
@@ -166,7 +175,10 @@ ATTENTION_FLOPS_PER_KEY = {
     "attn": lambda c: 4 * c.num_attention_heads * c.head_dim,
     "swa": lambda c: 4 * c.num_attention_heads * c.head_dim,
     "mla": lambda c: 2 * c.num_attention_heads * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim),
+    "dsa": lambda c: 2 * c.num_attention_heads * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim),
 }
+# Per key of the whole context, on top of the attended ones: DSA's indexer scores every cached key.
+INDEXER_FLOPS_PER_KEY = {"dsa": lambda c: 2 * c.index_n_heads * c.index_head_dim}
 STATE_DTYPE = torch.float32  # recurrent states are kept in fp32 whatever the model dtype (conv histories: the model's)
 
 

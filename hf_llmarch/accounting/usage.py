@@ -4,7 +4,15 @@ cache holds (KV caches grow, recurrent states do not)."""
 import torch
 
 from ..mixers.registry import MASK_OF_LAYER_TYPE
-from .params import ATTENTION_FLOPS_PER_KEY, KV_ELEMENTS_PER_TOKEN, MIXER_STATE, STATE_DTYPE, layer_counts, layer_parts
+from .params import (
+    ATTENTION_FLOPS_PER_KEY,
+    INDEXER_FLOPS_PER_KEY,
+    KV_ELEMENTS_PER_TOKEN,
+    MIXER_STATE,
+    STATE_DTYPE,
+    layer_counts,
+    layer_parts,
+)
 
 
 def _attended_tokens(config, layer_type: str, context: int) -> int:
@@ -23,7 +31,8 @@ def flops_per_token(config, context: int) -> dict:
       lookup, biases and norm weights are not matmuls and are left out.
     * n_kv: keys attended, `context` for full attention, min(context, sliding_window) for sliding
       layers; F_key: 4 * num_heads * head_dim (2 for q·k and 2 for weights·v per head dimension), for
-      MLA 2 * num_heads * (qk_nope + qk_rope + v head dims).
+      MLA 2 * num_heads * (qk_nope + qk_rope + v head dims); DSA attends to min(n_kv, index_topk) keys
+      and its indexer scores all n_kv at 2 * index_n_heads * index_head_dim each.
     * S: a recurrent mixer's state update and read-out (retention: 4 * H * Dk * Dv), constant in
       context.
     * training = 3 * forward (backward ≈ 2 × forward).
@@ -39,7 +48,11 @@ def flops_per_token(config, context: int) -> dict:
             if part in MIXER_STATE:
                 state += MIXER_STATE[part](config)[0]
             elif part in ATTENTION_FLOPS_PER_KEY:
-                attention += _attended_tokens(config, layer_type, context) * ATTENTION_FLOPS_PER_KEY[part](config)
+                attended = _attended_tokens(config, layer_type, context)
+                if part in INDEXER_FLOPS_PER_KEY:  # DSA: attend to the top-k, score every key
+                    attention += context * INDEXER_FLOPS_PER_KEY[part](config)
+                    attended = min(attended, config.index_topk)
+                attention += attended * ATTENTION_FLOPS_PER_KEY[part](config)
     forward = 2 * matmul + attention + state
     return {
         "context": context,
@@ -114,7 +127,7 @@ def cache_bytes_per_token(config, context: int, dtype: torch.dtype = torch.bfloa
         "by_layer_type": by_type,
         "constant_layers": constant_layers,
     }
-    mla_layers = config.mixer_types.count("mla")
+    mla_layers = config.mixer_types.count("mla") + config.mixer_types.count("dsa")
     if mla_layers:
         per_layer = config.num_attention_heads * (config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim)
         result["mha_equivalent_bytes_per_token"] = mla_layers * per_layer * dtype.itemsize

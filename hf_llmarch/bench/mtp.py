@@ -39,9 +39,9 @@ def bench_mtp(s) -> dict:
     times = interleave("mtp", "decode", runs, s.repeats, torch.device("cpu"), lambda t: f"{tokens / t:,.1f} tok/s")
     tps = {name: tokens / median(t) for name, t in times.items()}
     metrics = {
-        "decode tokens/s (tok/s)": metric("tok/s", tps, ("mtp", "greedy")),
-        "draft acceptance rate": metric("", {"mtp": stats["acceptance_rate"]}),
-        "main-model forwards per token": metric("", {"greedy": 1.0, "mtp": stats["main_forwards"] / tokens}),
+        "decode tokens/s": metric("tok/s", tps, ("mtp", "greedy")),
+        "draft acceptance rate": metric("accepted/drafted", {"mtp": stats["acceptance_rate"]}),
+        "main-model forwards per token": metric("forwards", {"greedy": 1.0, "mtp": stats["main_forwards"] / tokens}),
     }
     res["setup_text"] = (
         f"deepseek-v3-tiny shape with one MTP module, trained {s.mtp_steps} steps (batch 8 x {BLOCK} bytes, AdamW "

@@ -27,7 +27,7 @@ ADAPTERS = {
     "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2, "mixtral": moe, "qwen2_moe": moe,
     "qwen3_moe": moe, "mamba": ssm, "mamba2": ssm, "jamba": jamba,
     "granitemoehybrid": granite, "falcon_h1": falcon, "deepseek_v2": deepseek,
-    "deepseek_v3": deepseek,
+    "deepseek_v3": deepseek, "deepseek_v32": deepseek,
 }
 HEAD_KEY = "lm_head.weight"
 # Native families with muP-style scalings; every other target needs ours at their neutral values.
@@ -101,6 +101,8 @@ def infer_target(config) -> str:
     without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a mix); else llama."""
     if any(m.startswith("par(") for m in config.mixer_types):
         return "falcon_h1"
+    if "dsa" in config.mixer_types:
+        return "deepseek_v32"
     if "mla" in config.mixer_types:
         return "deepseek_v3" if config.router_type == "deepseek" else "deepseek_v2"
     if set(config.mixer_types) <= {"mamba", "mamba2"}:

@@ -1,4 +1,4 @@
-"""DeepSeek-V2 / V3 (transformers `deepseek_v2`, `deepseek_v3`) <-> llmarch_deepseek.
+"""DeepSeek-V2 / V3 / V3.2 (transformers `deepseek_v2`, `deepseek_v3`, `deepseek_v32`) <-> llmarch_deepseek.
 
 Every layer is MLA (`mla`, parameter names transformers' own); the first `first_k_dense_replace`
 layers have a dense MLP, the rest DeepSeekMoE with the `n_shared_experts` shared experts as one MLP
@@ -8,7 +8,10 @@ of width n * moe_intermediate_size. The routers:
 - V2: our `softmax_topk` (never renormalised: transformers' V2 ignores `norm_topk_prob`), with
   `topk_method="group_limited_greedy"` as n_group > 1 (groups ranked by their best expert), times
   `routed_scaling_factor`.
-V2 rotates its RoPE pairs in the interleaved layout, which is our `rope_interleave=True`.
+V2 rotates its RoPE pairs in the interleaved layout, which is our `rope_interleave=True`. V3.2 is V3
+with DeepSeek Sparse Attention in every layer (our `dsa`: MLA plus the lightning indexer, whose
+weights keep their names under `self_attn.indexer`), and its dense / MoE layers listed by
+`mlp_layer_types`.
 
 Names: transformers' `mlp.gate.e_score_correction_bias` is our router's buffer
 `mlp.router.e_score_correction_bias`, `mlp.shared_experts` our `mlp.shared_expert`. On disk (the
@@ -24,7 +27,14 @@ import logging
 import re
 
 import torch
-from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+from transformers import (
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
+    DeepseekV32Config,
+    DeepseekV32ForCausalLM,
+)
 
 from ..models.deepseek import LlmArchDeepseekConfig, LlmArchDeepseekForCausalLM
 from .checkpoint import refuse_unless_fixed, rename_key, shared_fields_from_hf, take_under_native_names
@@ -37,9 +47,10 @@ FFN_KINDS = ("mlp", "moe")
 NATIVE_CLASSES = {
     "deepseek_v2": (DeepseekV2Config, DeepseekV2ForCausalLM),
     "deepseek_v3": (DeepseekV3Config, DeepseekV3ForCausalLM),
+    "deepseek_v32": (DeepseekV32Config, DeepseekV32ForCausalLM),
 }
-MIXER_KINDS = dict.fromkeys(NATIVE_CLASSES, ("mla",))
-ROUTER_TYPES = {"deepseek_v2": "softmax_topk", "deepseek_v3": "deepseek"}
+MIXER_KINDS = {"deepseek_v2": ("mla",), "deepseek_v3": ("mla",), "deepseek_v32": ("dsa",)}
+ROUTER_TYPES = {"deepseek_v2": "softmax_topk", "deepseek_v3": "deepseek", "deepseek_v32": "deepseek"}
 IGNORED_KEYS = ()
 EMBED_KEY = "model.embed_tokens.weight"
 PER_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
@@ -64,12 +75,12 @@ def native_key(ours: str, num_layers: int = 0) -> str:
 
 
 def config_from_hf(cfg) -> dict:
-    n, dense = cfg.num_hidden_layers, cfg.first_k_dense_replace
     shared = cfg.n_shared_experts * cfg.moe_intermediate_size if cfg.n_shared_experts else None
+    mixers, ffns = _stack(cfg)
     return dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_attention_heads,
-        mixer_types=["mla"] * n, ffn_types=["mlp"] * min(dense, n) + ["moe"] * max(n - dense, 0),
+        mixer_types=mixers, ffn_types=ffns,
         hidden_act=cfg.hidden_act, norm_type="rmsnorm", norm_eps=cfg.rms_norm_eps, position_embedding_type="rope",
         rope_parameters=dict(cfg.rope_parameters), max_position_embeddings=cfg.max_position_embeddings,
         attention_bias=cfg.attention_bias, attention_dropout=float(cfg.attention_dropout or 0.0),
@@ -79,16 +90,29 @@ def config_from_hf(cfg) -> dict:
         moe_intermediate_size=cfg.moe_intermediate_size, routed_scaling_factor=cfg.routed_scaling_factor,
         shared_expert_intermediate_size=shared, shared_expert_gate=False, router_z_loss_coef=0.0,
         num_nextn_predict_layers=getattr(cfg, "num_nextn_predict_layers", 0) or 0,
-        **(_v3_fields(cfg) if cfg.model_type == "deepseek_v3" else _v2_fields(cfg)),
+        **(_v2_fields(cfg) if cfg.model_type == "deepseek_v2" else _v3_fields(cfg)),
         **shared_fields_from_hf(cfg),
     )
 
 
+def _stack(cfg) -> tuple[list[str], list[str]]:
+    """(mixer_types, ffn_types): V3.2's sparse attention and `mlp_layer_types`; V2/V3's MLA with
+    first_k_dense_replace dense layers first."""
+    n = cfg.num_hidden_layers
+    if cfg.model_type == "deepseek_v32":
+        return ["dsa"] * n, ["moe" if kind == "sparse" else "mlp" for kind in cfg.mlp_layer_types]
+    dense = min(cfg.first_k_dense_replace, n)
+    return ["mla"] * n, ["mlp"] * dense + ["moe"] * (n - dense)
+
+
 def _v3_fields(cfg) -> dict:
-    return dict(
-        rope_interleave=cfg.rope_interleave, router_type="deepseek", norm_topk_prob=cfg.norm_topk_prob,
-        n_group=cfg.n_group, topk_group=cfg.topk_group,
-    )
+    fields = dict(router_type="deepseek", norm_topk_prob=cfg.norm_topk_prob, n_group=cfg.n_group, topk_group=cfg.topk_group)
+    if cfg.model_type == "deepseek_v32":  # always interleaved RoPE pairs in the attention
+        return fields | dict(
+            rope_interleave=True, index_n_heads=cfg.index_n_heads, index_head_dim=cfg.index_head_dim,
+            index_topk=cfg.index_topk,
+        )
+    return fields | dict(rope_interleave=cfg.rope_interleave)
 
 
 def _v2_fields(cfg) -> dict:
@@ -189,10 +213,12 @@ def check_expressible(config, target: str):
     fixed = _FIXED | {"router_type": ROUTER_TYPES[target]}
     if target == "deepseek_v2":  # interleaved RoPE pairs, weights never renormalised
         fixed |= {"rope_interleave": True, "norm_topk_prob": False}
+    if target == "deepseek_v32":
+        fixed |= {"rope_interleave": True}
     refuse_unless_fixed(config, target, fixed)
     kinds = config.ffn_types
     dense = kinds.count("mlp")
-    if kinds != ["mlp"] * dense + ["moe"] * (len(kinds) - dense):
+    if target != "deepseek_v32" and kinds != ["mlp"] * dense + ["moe"] * (len(kinds) - dense):
         raise ValueError(f"ffn_types={kinds}: {target} has its dense layers first (first_k_dense_replace), then MoE")
     shared = config.shared_expert_intermediate_size or 0
     if shared % config.moe_intermediate_size:
@@ -223,4 +249,9 @@ def config_to_hf(config, target: str):
     if target == "deepseek_v2":
         method = "group_limited_greedy" if config.n_group > 1 else "greedy"
         return DeepseekV2Config(**fields, topk_method=method, head_dim=config.qk_rope_head_dim)
+    if target == "deepseek_v32":
+        return DeepseekV32Config(
+            **fields, mlp_layer_types=["sparse" if f == "moe" else "dense" for f in config.ffn_types],
+            index_n_heads=config.index_n_heads, index_head_dim=config.index_head_dim, index_topk=config.index_topk,
+        )
     return DeepseekV3Config(**fields, rope_interleave=config.rope_interleave)

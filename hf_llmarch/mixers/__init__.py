@@ -11,6 +11,7 @@ from ..pattern import parallel_parts
 from .attention import LlmArchAttention
 from .mamba import LlmArchSelectiveSSM
 from .mamba2 import LlmArchSSD
+from .dsa import LlmArchDSA
 from .mla import LlmArchMLA
 from .parallel import LlmArchParallelMixer
 from .registry import FFN_KINDS, MIXER_LAYER_TYPES, MIXER_TP_PLANS
@@ -25,6 +26,7 @@ MIXER_CLASSES = {
     "mamba2": LlmArchSSD,
     "s4d": LlmArchS4D,
     "mla": LlmArchMLA,
+    "dsa": LlmArchDSA,
 }
 
 
@@ -68,6 +70,7 @@ __all__ = [
     "MIXER_CLASSES",
     "MIXER_LAYER_TYPES",
     "LlmArchAttention",
+    "LlmArchDSA",
     "LlmArchMLA",
     "LlmArchParallelMixer",
     "LlmArchRetention",

@@ -100,7 +100,9 @@ class LlmArchMLA(nn.Module):
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         batch, seq_len, _ = hidden_states.shape
-        query = self._query(hidden_states).view(batch, seq_len, -1, self.qk_dim).transpose(1, 2)  # [B, H, T, dn+dr]
+        q_latent_in = self.q_a_layernorm(self.q_a_proj(hidden_states)) if hasattr(self, "q_a_proj") else None
+        query = self.q_proj(hidden_states) if q_latent_in is None else self.q_b_proj(q_latent_in)
+        query = query.view(batch, seq_len, -1, self.qk_dim).transpose(1, 2)  # [B, H, T, dn+dr]
         q_nope, q_rope = query.split([self.nope_dim, self.rope_dim], dim=-1)
         latent, k_rope = self.kv_a_proj_with_mqa(hidden_states).split([self.latent_dim, self.rope_dim], dim=-1)
         latent = self.kv_a_layernorm(latent).view(batch, 1, seq_len, self.latent_dim)  # one "head": the cache layout
@@ -109,16 +111,16 @@ class LlmArchMLA(nn.Module):
         absorb = self._absorbs(cache, seq_len, attention_mask)  # decided before the cache grows
         if cache is not None:
             latent, k_rope = cache.update(latent, k_rope, self.layer_idx)  # [B, 1, Tk, R], [B, 1, Tk, dr]
+        attention_mask = self.select_keys(hidden_states, q_latent_in, attention_mask, position_embeddings, cache, latent.shape[2])
         if absorb:
             out, weights = self._absorbed(q_nope, q_rope, latent, k_rope, attention_mask), None
         else:
             out, weights = self._expanded(q_nope, q_rope, latent, k_rope, attention_mask, **kwargs)
         return self.o_proj(out.reshape(batch, seq_len, -1)), weights
 
-    def _query(self, hidden_states):
-        if hasattr(self, "q_proj"):
-            return self.q_proj(hidden_states)
-        return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden_states)))
+    def select_keys(self, hidden_states, q_latent_in, attention_mask, position_embeddings, cache, kv_len: int):
+        """The mask the attention applies; sparse variants (`dsa`) narrow it to the keys they choose."""
+        return attention_mask
 
     def _rotate(self, q_rope, k_rope, position_embeddings):
         cos, sin = position_embeddings

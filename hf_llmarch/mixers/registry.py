@@ -7,6 +7,7 @@ growing keys/values (`full_attention`), a window (`sliding_attention`), or a fix
 recurrent state (`linear_attention`).
 """
 
+from ..compat import INDEXED_ATTENTION_LAYER_TYPE
 from ..pattern import parallel_parts
 
 MIXER_LAYER_TYPES = {
@@ -17,6 +18,7 @@ MIXER_LAYER_TYPES = {
     "mamba2": "linear_attention",
     "s4d": "linear_attention",
     "mla": "full_attention",
+    "dsa": INDEXED_ATTENTION_LAYER_TYPE,  # a KV layer that also keeps the indexer's keys
 }
 
 FFN_KINDS = ("mlp", "moe", "none")
@@ -31,6 +33,7 @@ MASK_OF_LAYER_TYPE = {
     "full_attention": "full_attention",
     "sliding_attention": "sliding_attention",
     "linear_attention": "linear_attention",
+    INDEXED_ATTENTION_LAYER_TYPE: INDEXED_ATTENTION_LAYER_TYPE,  # always materialised: the indexer reads it
 } | {parallel: attention for attention, parallel in PARALLEL_LAYER_TYPES.items()}
 
 

@@ -6,6 +6,7 @@ stack itself is whatever `config.mixer_types` / `config.ffn_types` say.
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -35,6 +36,8 @@ _logged_attention = set()
 MASK_BUILDERS = {
     "full_attention": create_causal_mask,
     "sliding_attention": create_sliding_window_causal_mask,
+    # Sparse (DSA) layers narrow a real mask, so sdpa's "None means causal" shortcut is off for them.
+    compat.INDEXED_ATTENTION_LAYER_TYPE: partial(create_causal_mask, allow_is_causal_skip=False),
 }
 
 

@@ -12,6 +12,8 @@ from transformers import (
     DeepseekV2ForCausalLM,
     DeepseekV3Config,
     DeepseekV3ForCausalLM,
+    DeepseekV32Config,
+    DeepseekV32ForCausalLM,
     DynamicCache,
     FalconH1Config,
     FalconH1ForCausalLM,
@@ -196,6 +198,17 @@ CASES = {
             **SMALL, num_key_value_heads=4, moe_intermediate_size=16, first_k_dense_replace=1, q_lora_rank=None,
             kv_lora_rank=12, qk_nope_head_dim=8, qk_rope_head_dim=4, head_dim=4, v_head_dim=8, n_routed_experts=6,
             num_experts_per_tok=3, topk_method="greedy", n_shared_experts=2,
+        )
+    ),
+    # DeepSeek-V3.2: sparse attention choosing 4 of up to 12 keys per query, dense/MoE layers interleaved.
+    "deepseek_v32_sparse_top4_mixed_layers": lambda: _with_router_bias(
+        DeepseekV32ForCausalLM(
+            DeepseekV32Config(
+                **{**SMALL, "num_hidden_layers": 3}, num_key_value_heads=4, moe_intermediate_size=32, q_lora_rank=24,
+                kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8,
+                num_experts_per_tok=2, n_group=4, topk_group=2, n_shared_experts=1, index_n_heads=4,
+                index_head_dim=16, index_topk=4, mlp_layer_types=["dense", "sparse", "dense"],
+            )
         )
     ),
     "gpt2": lambda: GPT2LMHeadModel(
