@@ -28,7 +28,9 @@ class LlmArchMTPLayer(LlmArchBlock):
 
     def __init__(self, config, depth: int):
         super().__init__(config, config.num_hidden_layers - 1)  # mixer and FFN kinds of the last layer
-        self.layer_idx = self.mixer.layer_idx = depth  # its own cache: index k, not the main stack's
+        for module in self.modules():  # its own cache: index k, not the main stack's (the mixer's parts too)
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = depth
         self.enorm = build_norm(config)
         self.hnorm = build_norm(config)
         self.eh_proj = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=False)

@@ -11,6 +11,8 @@ cache only with verified positions, so it never needs a rollback. Batch size 1, 
 stacks (a recurrent state cannot be cropped). `model.last_mtp_generation` holds the counts.
 """
 
+import copy
+
 import torch
 from transformers import DynamicCache
 from transformers.generation.utils import GenerateDecoderOnlyOutput
@@ -24,7 +26,7 @@ def mtp_generate(model, input_ids, logits_processor, stopping_criteria, generati
     GenerateDecoderOnlyOutput with `return_dict_in_generate`)."""
     _check_supported(model, input_ids, generation_config, model_kwargs.get("attention_mask"))
     cache = model_kwargs.get(compat.CACHE_ARG) or DynamicCache(config=model.config)
-    drafter, drafter_cache = model.mtp.layers[0], DynamicCache()
+    drafter, drafter_cache = model.mtp.layers[0], _drafter_cache(model.config)
     stats = {"drafted": 0, "accepted": 0, "main_forwards": 1}
     hidden = model.model(input_ids=input_ids, cache=cache, use_cache=True).last_hidden_state  # [1, T, H]
     sequence, done = _append(input_ids, [_choose(model, logits_processor, input_ids, hidden[:, -1])], stopping_criteria, streamer)
@@ -52,6 +54,15 @@ def mtp_generate(model, input_ids, logits_processor, stopping_criteria, generati
     if generation_config.return_dict_in_generate:
         return GenerateDecoderOnlyOutput(sequences=sequence, **compat.cache_kwargs(cache))
     return sequence
+
+
+def _drafter_cache(config) -> DynamicCache:
+    """A cache for the MTP modules, one layer each, of the stack's last layer type (a sparse-attention
+    layer also keeps its indexer's keys)."""
+    view = copy.copy(config)
+    view.num_hidden_layers = config.num_nextn_predict_layers
+    view.layer_types = config.layer_types[-1:] * config.num_nextn_predict_layers
+    return DynamicCache(config=view)
 
 
 def _check_supported(model, input_ids, generation_config, attention_mask):

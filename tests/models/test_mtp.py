@@ -136,3 +136,11 @@ def test_save_and_reload_keeps_the_mtp_modules_and_refuses_missing_ones(trained,
     plain.save_pretrained(tmp_path / "without")
     with pytest.raises(ValueError, match=r"num_nextn_predict_layers=1 but the checkpoint holds no weights for \['mtp\."):
         type(plain).from_pretrained(tmp_path / "without", num_nextn_predict_layers=1)
+
+
+def test_speculative_decoding_with_sparse_attention_layers():
+    """DeepSeek-V3.2 has MTP too: the drafter's cache keeps its indexer's keys like the stack's."""
+    model = _mtp_model(layer_pattern="dsa/mlp (dsa/moe)x2", index_n_heads=4, index_head_dim=16, index_topk=3)
+    prompt = torch.randint(3, 250, (1, 7))
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(prompt, custom_generate=hf_llmarch.mtp_generate, **kwargs), model.generate(prompt, **kwargs))
