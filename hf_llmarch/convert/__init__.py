@@ -19,7 +19,7 @@ from transformers.initialization import no_init_weights
 
 from ..models.modeling import LlmArchForCausalLM
 from . import deepseek, falcon, gpt2, granite, jamba, llama, moe, ssm
-from .checkpoint import CheckpointError, TensorSource, copy_sidecar_files, read_config_json
+from .checkpoint import CheckpointError, TensorSource, append_tensors, copy_sidecar_files, read_config_json
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,17 @@ def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
     Qwen2ForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel / MixtralForCausalLM / Qwen2MoeForCausalLM / Qwen3MoeForCausalLM /
     MambaForCausalLM / Mamba2ForCausalLM / JambaForCausalLM / GraniteMoeHybridForCausalLM / FalconH1ForCausalLM. `target` defaults to the model type it was converted
     from, else to `infer_target`. Raises a ValueError naming the field the target cannot express."""
-    model = _load_ours(model_or_path)
+    native, extra = _to_native(_load_ours(model_or_path), target)
+    if extra:  # tensors the native class has no module for (DeepSeek's MTP layers)
+        raise ValueError(
+            f"{type(native).__name__} has no module for {sorted(extra)[:3]} ...: save_to_hf writes them into the "
+            "checkpoint beside it; to_hf gives the main model only of a config without them"
+        )
+    return native
+
+
+def _to_native(model, target: str | None) -> tuple[PreTrainedModel, dict]:
+    """(the native model, {checkpoint name: tensor} of ours the native class has no module for)."""
     config = model.config
     target = target or getattr(config, "converted_from", None) or infer_target(config)
     adapter = _adapter(target)
@@ -89,8 +99,9 @@ def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
     src = TensorSource.from_state_dict(model.state_dict(), f"the {type(model).__name__}")
     state_dict = adapter.state_dict_to_hf(src, expected, config)
     _attach_head(src, state_dict, adapter.EMBED_KEY, config.tie_word_embeddings, head_shape)
+    extra = adapter.extra_tensors_to_hf(src, config) if hasattr(adapter, "extra_tensors_to_hf") else {}
     src.check_consumed()
-    return _build(native_cls, native_config, state_dict, model.dtype, config._attn_implementation)
+    return _build(native_cls, native_config, state_dict, model.dtype, config._attn_implementation), extra
 
 
 def infer_target(config) -> str:
@@ -137,9 +148,14 @@ def save_from_hf(src, out, dtype: torch.dtype | str | None = None) -> Path:
 
 
 def save_to_hf(src, out, target: str | None = None) -> Path:
-    """Convert `src` (directory or model) with `to_hf` and write it plus src's tokenizer files to `out`."""
+    """Convert `src` (directory or model) with `to_hf` and write it plus src's tokenizer files to `out`;
+    tensors the native class has no module for (DeepSeek's MTP layers) go into the checkpoint too,
+    under the names the native family's own checkpoints use."""
     out = Path(out)
-    to_hf(src, target=target).save_pretrained(out)
+    native, extra = _to_native(_load_ours(src), target)
+    native.save_pretrained(out)
+    if extra:
+        append_tensors(out, extra)
     if isinstance(src, (str, Path)):
         copy_sidecar_files(src, out)
     return out

@@ -211,3 +211,21 @@ def copy_sidecar_files(src: str | Path, out: str | Path) -> list[str]:
             shutil.copy2(src / name, Path(out) / name)
             copied.append(name)
     return copied
+
+
+def append_tensors(out: Path, tensors: dict) -> None:
+    """Add `tensors` to the safetensors checkpoint save_pretrained wrote in `out`: into its single file,
+    or as one more shard listed in its index."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    index = out / SAFE_INDEX
+    if index.is_file():
+        shard = "model-extra.safetensors"
+        save_file(tensors, out / shard, metadata={"format": "pt"})
+        listing = json.loads(index.read_text())
+        listing["weight_map"].update(dict.fromkeys(tensors, shard))
+        index.write_text(json.dumps(listing, indent=2, sort_keys=True) + "\n")
+        return
+    merged = load_file(out / SAFE_SINGLE) | tensors
+    save_file(merged, out / SAFE_SINGLE, metadata={"format": "pt"})

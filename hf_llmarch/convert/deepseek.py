@@ -20,7 +20,8 @@ DeepSeek-V3's multi-token-prediction modules are layers `num_hidden_layers + k` 
 (`model.layers.61` for V3) with `num_nextn_predict_layers` in its config.json: they become our
 `mtp.layers.k` (`shared_head.norm` is our `shared_head_norm`; the checkpoint's copies of the
 embedding and the head, `embed_tokens` and `shared_head.head`, must equal the main ones). transformers'
-DeepseekV3ForCausalLM has no MTP module, so `export` refuses a model with one.
+DeepseekV3ForCausalLM has no MTP module: `save_to_hf` (`llmarch export`) writes ours back into the
+checkpoint under those names, and `to_hf`, which returns a model instance, refuses a model with one.
 """
 
 import logging
@@ -201,15 +202,23 @@ def state_dict_to_hf(src, expected: dict[str, tuple], config) -> dict:
     """By name; without a shared expert transformers' model still wants its 0-wide shared MLP."""
     empty = {k: torch.empty(shape) for k, shape in expected.items() if ".mlp.shared_experts." in k and 0 in shape}
     rest = {k: shape for k, shape in expected.items() if k not in empty}
-    return empty | take_under_native_names(src, rest, native_key)
+    return empty | take_under_native_names(src, rest, lambda key: native_key(key, config.num_hidden_layers))
+
+
+def extra_tensors_to_hf(src, config) -> dict:
+    """Our MTP modules under DeepSeek's checkpoint names (layer num_hidden_layers + k), each with the
+    copies of the embedding and the head DeepSeek stores beside it; transformers' class holds none."""
+    extra, n = {}, config.num_hidden_layers
+    for key in [k for k in src.keys() if k.startswith("mtp.layers.")]:
+        extra[native_key(key, n)] = src.take(key, tuple(src.shapes[key]))
+    head = "lm_head.weight" if "lm_head.weight" in src else EMBED_KEY
+    for k in range(config.num_nextn_predict_layers):
+        extra[f"model.layers.{n + k}.embed_tokens.weight"] = src.take(EMBED_KEY, tuple(src.shapes[EMBED_KEY])).clone()
+        extra[f"model.layers.{n + k}.shared_head.head.weight"] = src.take(head, tuple(src.shapes[head])).clone()
+    return extra
 
 
 def check_expressible(config, target: str):
-    if config.num_nextn_predict_layers:
-        raise ValueError(
-            f"num_nextn_predict_layers={config.num_nextn_predict_layers} cannot be expressed in {target}: transformers' "
-            "model has no MTP module; export a copy with num_nextn_predict_layers=0 for the main model alone"
-        )
     fixed = _FIXED | {"router_type": ROUTER_TYPES[target]}
     if target == "deepseek_v2":  # interleaved RoPE pairs, weights never renormalised
         fixed |= {"rope_interleave": True, "norm_topk_prob": False}
@@ -244,7 +253,7 @@ def config_to_hf(config, target: str):
         attention_bias=config.attention_bias, attention_dropout=config.attention_dropout,
         tie_word_embeddings=config.tie_word_embeddings, initializer_range=config.initializer_range,
         use_cache=config.use_cache, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
+        eos_token_id=config.eos_token_id, num_nextn_predict_layers=config.num_nextn_predict_layers,
     )
     if target == "deepseek_v2":
         method = "group_limited_greedy" if config.n_group > 1 else "greedy"

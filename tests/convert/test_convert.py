@@ -606,15 +606,20 @@ def _deepseek_checkpoint_with_mtp(tmp_path, depth_in_config: int, layers_stored:
 
 def test_deepseek_mtp_layers_convert_and_are_checked(tmp_path):
     """DeepSeek-V3 stores its MTP module as layer num_hidden_layers: it becomes our mtp.layers.0 (same
-    MTP loss as the model it came from); a layer past the depth, or a depth with a layer missing, is
-    named; export refuses a model with MTP, which transformers' class cannot hold."""
+    MTP loss as the model it came from), and save_to_hf writes the checkpoint back tensor for tensor;
+    to_hf, a model instance, refuses it (transformers' class has no MTP module); a layer past the
+    depth, or a depth with a layer missing, is named."""
     source = _deepseek_checkpoint_with_mtp(tmp_path / "one", depth_in_config=1, layers_stored=1)
     ours = from_hf(tmp_path / "one")
     assert ours.config.num_nextn_predict_layers == 1
     ids = _ids()
     with torch.no_grad():
         assert torch.equal(ours(ids, labels=ids).mtp_loss, source.eval()(ids, labels=ids).mtp_loss)
-    with pytest.raises(ValueError, match="num_nextn_predict_layers=1 cannot be expressed in deepseek_v3"):
+    save_to_hf(ours, tmp_path / "back")
+    original, written = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert original.keys() == written.keys() and all(torch.equal(original[k], written[k]) for k in original)
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["num_nextn_predict_layers"] == 1
+    with pytest.raises(ValueError, match=r"DeepseekV3ForCausalLM has no module for \['model\.layers\.3\."):
         to_hf(ours)
     _deepseek_checkpoint_with_mtp(tmp_path / "beyond", depth_in_config=0, layers_stored=1)
     with pytest.raises(ValueError, match=r"holds model\.layers\.3\.\* but its config says num_nextn_predict_layers=0"):
@@ -622,3 +627,16 @@ def test_deepseek_mtp_layers_convert_and_are_checked(tmp_path):
     _deepseek_checkpoint_with_mtp(tmp_path / "short", depth_in_config=2, layers_stored=1)
     with pytest.raises(ValueError, match=r"num_nextn_predict_layers=2 but the checkpoint holds no model\.layers\.4\.\*"):
         from_hf(tmp_path / "short")
+
+
+def test_appended_tensors_join_a_sharded_checkpoint(tmp_path):
+    """Extra tensors (an MTP layer) go into a sharded checkpoint as one more shard its index lists."""
+    from hf_llmarch.convert.checkpoint import TensorSource, append_tensors
+
+    _native("llama_gqa").save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    extra = {"model.layers.2.eh_proj.weight": torch.randn(4, 8)}
+    append_tensors(tmp_path, extra)
+    src = TensorSource.from_dir(tmp_path)
+    assert torch.equal(src.take("model.layers.2.eh_proj.weight", (4, 8)), extra["model.layers.2.eh_proj.weight"])
+    assert "model.embed_tokens.weight" in src
