@@ -202,6 +202,25 @@ def _cmd_upcycle(args) -> int:
     return 0
 
 
+def _cmd_mla_convert(args) -> int:
+    from .convert.checkpoint import copy_sidecar_files
+    from .convert.mla_surgery import gqa_to_mla
+
+    try:
+        model, report = gqa_to_mla(args.src, kv_lora_rank=args.kv_lora_rank, rope_heads=args.rope_heads)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    model.save_pretrained(args.out)
+    copy_sidecar_files(args.src, args.out)
+    cache = report["cache_bytes_per_token"]
+    print(f"kv_lora_rank {report['kv_lora_rank']}, RoPE kept on {report['rope_heads']} virtual KV head(s)")
+    print(f"cache bytes/token (bf16): {cache['before']:,.0f} -> {cache['after']:,.0f} ({cache['reduction']:.1%} smaller)")
+    print("SVD relative error per layer: " + ", ".join(f"{e:.3g}" for e in report["svd_relative_error"]))
+    print("key energy losing RoPE per layer: " + ", ".join(f"{e:.3g}" for e in report["rope_dropped_energy"]))
+    print(f"saved the MLA model to {args.out}")
+    return 0
+
+
 def _cmd_card(args) -> int:
     from . import card
 
@@ -293,6 +312,13 @@ def _add_own_commands(subparsers):
     p.add_argument("--seed", type=int, default=0, help="seed of the router's random initialisation")
     p.add_argument("--out", required=True, metavar="DST", help="output directory")
     p.set_defaults(handler=_cmd_upcycle)
+
+    p = subparsers.add_parser("mla-convert", help="turn an MHA/GQA checkpoint (ours or native llama-like) into MLA")
+    p.add_argument("src", metavar="SRC", help="attention checkpoint directory")
+    p.add_argument("--kv-lora-rank", type=int, default=None, help="latent width (default: the full rank, exact)")
+    p.add_argument("--rope-heads", type=int, default=None, help="virtual KV heads that keep RoPE (default: all, exact)")
+    p.add_argument("--out", required=True, metavar="DST", help="output directory")
+    p.set_defaults(handler=_cmd_mla_convert)
 
     p = subparsers.add_parser("export", help="export an hf_llmarch checkpoint to its native transformers model")
     p.add_argument("--to-hf", required=True, metavar="SRC", help="hf_llmarch checkpoint directory")

@@ -48,7 +48,7 @@ def _mla_params(config) -> Params:
     return _add(
         query,
         _linear(h, config.kv_lora_rank + config.qk_rope_head_dim, bias),  # kv_a_proj_with_mqa
-        (0, config.kv_lora_rank),  # kv_a_layernorm
+        (0, config.kv_lora_rank if config.mla_latent_norm else 0),  # kv_a_layernorm
         _linear(config.kv_lora_rank, heads * (config.qk_nope_head_dim + config.v_head_dim)),  # kv_b_proj
         _linear(heads * config.v_head_dim, h, bias),  # o_proj
     )

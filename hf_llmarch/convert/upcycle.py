@@ -22,7 +22,7 @@ _NOT_COPIED = ("model_type", "architectures", "transformers_version", "_name_or_
 
 def upcycle(model_or_path, num_experts: int, top_k: int, granularity: int = 1, seed: int = 0) -> LlmArchMoeForCausalLM:
     """An `LlmArchMoeForCausalLM` from a dense causal LM: ours, or a native one `from_hf` converts."""
-    dense = _load_dense(model_or_path)
+    dense = load_as_ours(model_or_path)
     config = dense.config
     _check(config, num_experts, top_k, granularity)
     fields = {k: v for k, v in config.to_dict().items() if k not in _NOT_COPIED}
@@ -43,7 +43,8 @@ def upcycle(model_or_path, num_experts: int, top_k: int, granularity: int = 1, s
     return model.eval()
 
 
-def _load_dense(model_or_path) -> LlmArchForCausalLM:
+def load_as_ours(model_or_path) -> LlmArchForCausalLM:
+    """Our model as it is, our checkpoint directory loaded, or a native model / directory converted."""
     if isinstance(model_or_path, LlmArchForCausalLM):
         return model_or_path
     from . import _load_ours, from_hf

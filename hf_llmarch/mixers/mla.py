@@ -40,6 +40,10 @@ CONFIG_FIELDS = {
     "qk_rope_head_dim": 64,
     "v_head_dim": 128,
     "rope_interleave": True,  # DeepSeek's checkpoints pair adjacent RoPE dims
+    # The RoPE part as this many blocks of head_dim, each rotated as one head (1: DeepSeek). A model made
+    # from GQA by `mla_surgery` keeps each KV group's keys rotating exactly this way.
+    "mla_rope_groups": 1,
+    "mla_latent_norm": True,  # kv_a_layernorm on the latent (DeepSeek); off for an exact GQA conversion
     "mla_mode": "auto",  # auto (absorb once tokens are cached), expand, absorb
     "mla_kernel": "auto",  # the absorbed path: auto, torch, triton (env LLMARCH_MLA_KERNEL)
 }
@@ -66,10 +70,12 @@ class LlmArchMLA(nn.Module):
             self.q_a_layernorm = LlmArchRMSNorm(config.q_lora_rank, eps=LATENT_NORM_EPS)
             self.q_b_proj = nn.Linear(config.q_lora_rank, heads * self.qk_dim, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(config.hidden_size, self.latent_dim + self.rope_dim, bias=bias)
-        self.kv_a_layernorm = LlmArchRMSNorm(self.latent_dim, eps=LATENT_NORM_EPS)
+        if config.mla_latent_norm:
+            self.kv_a_layernorm = LlmArchRMSNorm(self.latent_dim, eps=LATENT_NORM_EPS)
         self.kv_b_proj = nn.Linear(self.latent_dim, heads * (self.nope_dim + self.v_dim), bias=False)
         self.o_proj = nn.Linear(heads * self.v_dim, config.hidden_size, bias=bias)
-        self.scaling = mla_softmax_scale(config)
+        self.scaling = config.attention_multiplier or mla_softmax_scale(config)
+        self.rope_groups = config.mla_rope_groups
         self.num_key_value_groups = 1  # the expanded keys and values have every head
         self.attention_dropout = config.attention_dropout
         self.is_causal = True
@@ -80,23 +86,31 @@ class LlmArchMLA(nn.Module):
     @staticmethod
     def validate(config) -> None:
         fill_config_defaults(config, CONFIG_FIELDS)
-        check_positive_ints(config, "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        check_positive_ints(config, "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "mla_rope_groups")
         if config.q_lora_rank is not None:
             check_positive_ints(config, "q_lora_rank")
-        if config.qk_rope_head_dim % 2:
-            raise ValueError(f"qk_rope_head_dim={config.qk_rope_head_dim} must be even: RoPE rotates pairs of dims")
+        if not isinstance(config.qk_nope_head_dim, int) or config.qk_nope_head_dim < 0:
+            raise ValueError(f"qk_nope_head_dim={config.qk_nope_head_dim!r} must be a non-negative integer")
+        block, rest = divmod(config.qk_rope_head_dim, config.mla_rope_groups)
+        if rest or block % 2:
+            raise ValueError(
+                f"qk_rope_head_dim={config.qk_rope_head_dim} must be even: RoPE rotates pairs of dims"
+                if config.mla_rope_groups == 1
+                else f"qk_rope_head_dim={config.qk_rope_head_dim} must split into mla_rope_groups={config.mla_rope_groups} "
+                "blocks of an even width"
+            )
         if config.mla_mode not in MLA_MODES:
             raise ValueError(f"mla_mode={config.mla_mode!r} is unknown; valid: {list(MLA_MODES)}")
         if config.mla_kernel not in MLA_KERNELS:
             raise ValueError(f"mla_kernel={config.mla_kernel!r} is unknown; valid: {list(MLA_KERNELS)}")
-        if config.head_dim != config.qk_rope_head_dim:
-            # The backbone's rotary tables are head_dim wide; in MLA only the RoPE part rotates.
+        if config.head_dim != block:
+            # The backbone's rotary tables are head_dim wide; in MLA only the RoPE part (block by block) rotates.
             if any(m in ("attn", "swa") or m.startswith("par(") for m in config.mixer_types):
                 raise ValueError(
-                    f"head_dim={config.head_dim} must equal qk_rope_head_dim={config.qk_rope_head_dim} in a stack with "
-                    "MLA and other attention: the rotary tables are shared; set head_dim to the RoPE width"
+                    f"head_dim={config.head_dim} must equal the RoPE block qk_rope_head_dim / mla_rope_groups={block} in "
+                    "a stack with MLA and other attention: the rotary tables are shared; set head_dim to it"
                 )
-            config.head_dim = config.qk_rope_head_dim
+            config.head_dim = block
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         batch, seq_len, _ = hidden_states.shape
@@ -105,7 +119,9 @@ class LlmArchMLA(nn.Module):
         query = query.view(batch, seq_len, -1, self.qk_dim).transpose(1, 2)  # [B, H, T, dn+dr]
         q_nope, q_rope = query.split([self.nope_dim, self.rope_dim], dim=-1)
         latent, k_rope = self.kv_a_proj_with_mqa(hidden_states).split([self.latent_dim, self.rope_dim], dim=-1)
-        latent = self.kv_a_layernorm(latent).view(batch, 1, seq_len, self.latent_dim)  # one "head": the cache layout
+        if hasattr(self, "kv_a_layernorm"):
+            latent = self.kv_a_layernorm(latent)
+        latent = latent.view(batch, 1, seq_len, self.latent_dim)  # one "head": the cache layout
         k_rope = k_rope.view(batch, 1, seq_len, self.rope_dim)
         q_rope, k_rope = self._rotate(q_rope, k_rope, position_embeddings)
         absorb = self._absorbs(cache, seq_len, attention_mask)  # decided before the cache grows
@@ -124,9 +140,13 @@ class LlmArchMLA(nn.Module):
 
     def _rotate(self, q_rope, k_rope, position_embeddings):
         cos, sin = position_embeddings
+        if self.rope_groups > 1:  # [B, H, T, G, d]: each block rotates as a head of its own
+            q_rope, k_rope = q_rope.unflatten(-1, (self.rope_groups, -1)), k_rope.unflatten(-1, (self.rope_groups, -1))
+            cos, sin = cos[..., None, :], sin[..., None, :]
         if self.interleave:  # adjacent pairs -> halves, so the standard rotation applies
             q_rope, k_rope = deinterleave(q_rope), deinterleave(k_rope)
-        return apply_rotary(q_rope, k_rope, cos, sin)
+        q_rope, k_rope = apply_rotary(q_rope, k_rope, cos, sin)
+        return (q_rope.flatten(-2), k_rope.flatten(-2)) if self.rope_groups > 1 else (q_rope, k_rope)
 
     def _absorbs(self, cache, seq_len: int, attention_mask) -> bool:
         if self.mode != "auto":

@@ -109,7 +109,7 @@ def test_latent_attention_oracle_is_attention_over_the_expanded_keys():
         ({"q_lora_rank": -1}, "q_lora_rank=-1 must be a positive integer"),
         ({"mla_mode": "fast"}, "mla_mode='fast' is unknown"),
         ({"mla_kernel": "cuda"}, "mla_kernel='cuda' is unknown"),
-        ({"layer_pattern": "mla/moe attn/moe", "head_dim": 16}, "head_dim=16 must equal qk_rope_head_dim=8"),
+        ({"layer_pattern": "mla/moe attn/moe", "head_dim": 16}, "head_dim=16 must equal the RoPE block"),
         ({"router_type": "deepseek", "n_group": 2, "topk_group": 3}, "topk_group"),
     ],
 )
