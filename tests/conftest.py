@@ -20,6 +20,7 @@ FAMILY_CONFIGS = {
     ),
     # No attention layer: positions and cache length come from the backbone's own token count.
     "retnet": ("hybrid-tiny", dict(TINY, layer_pattern="(retention/mlp)x2")),
+    "linear": ("linear-attn-tiny", dict(TINY, layer_pattern="(linear_attn/mlp)x2")),
     # State-space stacks (chunk sizes below the test lengths, so chunked and carried states both run).
     "mamba": ("mamba-tiny", dict(TINY, layer_pattern="(mamba/none)x2", mamba_d_state=8)),
     "mamba2": ("mamba2-tiny", dict(TINY, layer_pattern="(mamba2/none)x2", mamba2_chunk_size=8)),

@@ -32,6 +32,8 @@ def _configs():
     yield "moe", LlmArchDenseConfig(**TINY, **MOE, layer_pattern="(attn/moe)x2")
     yield "ffn-none-layernorm", LlmArchDenseConfig(**TINY, layer_pattern="attn/none attn/mlp", norm_type="layernorm")
     yield "hybrid", LlmArchHybridConfig(**TINY, **MOE, layer_pattern="(retention/moe attn/mlp)x2")
+    yield "linear-attn", LlmArchHybridConfig(**TINY, layer_pattern="linear_attn/mlp attn/mlp")
+    yield "linear-attn-identity", LlmArchHybridConfig(**TINY, layer_pattern="linear_attn/mlp", linear_attn_feature_map="identity")
 
 
 CONFIGS = dict(_configs())
@@ -229,7 +231,7 @@ def test_parallel_layer_cache_is_keys_values_and_a_constant_state(pattern):
     assert predicted["constant_layers"] == ([0] if sliding else [])
 
 
-@pytest.mark.parametrize("preset", ["mamba-tiny", "mamba2-tiny", "s4d-tiny"])
+@pytest.mark.parametrize("preset", ["mamba-tiny", "mamba2-tiny", "s4d-tiny", "linear-attn-tiny"])
 def test_state_space_cache_is_constant_and_matches_dynamic_cache(preset):
     """bf16 model: the SSM state is fp32, the conv history bf16; neither grows with the context."""
     config = hf_llmarch.load_preset(preset, layer_pattern=hf_llmarch.load_preset(preset).mixer_types[0] + " attn/none")

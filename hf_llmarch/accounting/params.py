@@ -61,6 +61,21 @@ def _dsa_params(config) -> Params:
     return _add(_mla_params(config), indexer, _linear(config.hidden_size, heads))
 
 
+def _linear_attn_params(config) -> Params:
+    """q, k, v, o (hidden x hidden each), and the per-head output RMSNorm of the unnormalised map."""
+    h = config.hidden_size
+    norm = 0 if config.linear_attn_feature_map == "elu+1" else h // config.linear_attn_num_heads
+    return _add(*[_linear(h, h)] * 4, (0, norm))
+
+
+def _linear_attn_state(config) -> tuple[int, int, int]:
+    """S and the normaliser z share one [H, Dk, Dv + 1] fp32 state; ~4 FLOPs per element (write and read)."""
+    heads = config.linear_attn_num_heads
+    dim = config.hidden_size // heads
+    elements = heads * dim * (dim + (config.linear_attn_feature_map == "elu+1"))
+    return 4 * elements, elements, 0
+
+
 def _retention_dims(config) -> tuple[int, int, int]:
     heads = config.retention_num_heads
     key_dim = config.hidden_size // heads
@@ -154,13 +169,17 @@ _MIXER_PARAMS = {
     "attn": _attention_params,
     "swa": _attention_params,
     "retention": _retention_params,
+    "linear_attn": _linear_attn_params,
     "mamba": _mamba_params,
     "mamba2": _mamba2_params,
     "s4d": _s4d_params,
     "mla": _mla_params,
     "dsa": _dsa_params,
 }
-MIXER_STATE = {"retention": _retention_state, "mamba": _mamba_state, "mamba2": _mamba2_state, "s4d": _s4d_state}
+MIXER_STATE = {
+    "linear_attn": _linear_attn_state, "retention": _retention_state, "mamba": _mamba_state, "mamba2": _mamba2_state,
+    "s4d": _s4d_state,
+}
 # Mixers with a per-token cache: the values each holds per token per layer. MLA caches its latent and
 # the shared RoPE key only (layers.md §2a).
 KV_ELEMENTS_PER_TOKEN = {

@@ -9,6 +9,7 @@ builds `LlmArchParallelMixer` over the named classes (`parallel.py`).
 
 from ..pattern import parallel_parts
 from .attention import LlmArchAttention
+from .linear_attn import LlmArchLinearAttention
 from .mamba import LlmArchSelectiveSSM
 from .mamba2 import LlmArchSSD
 from .dsa import LlmArchDSA
@@ -22,6 +23,7 @@ MIXER_CLASSES = {
     "attn": LlmArchAttention,
     "swa": LlmArchAttention,
     "retention": LlmArchRetention,
+    "linear_attn": LlmArchLinearAttention,
     "mamba": LlmArchSelectiveSSM,
     "mamba2": LlmArchSSD,
     "s4d": LlmArchS4D,
@@ -71,6 +73,7 @@ __all__ = [
     "MIXER_LAYER_TYPES",
     "LlmArchAttention",
     "LlmArchDSA",
+    "LlmArchLinearAttention",
     "LlmArchMLA",
     "LlmArchParallelMixer",
     "LlmArchRetention",

@@ -14,6 +14,7 @@ MIXER_LAYER_TYPES = {
     "attn": "full_attention",
     "swa": "sliding_attention",
     "retention": "linear_attention",
+    "linear_attn": "linear_attention",
     "mamba": "linear_attention",
     "mamba2": "linear_attention",
     "s4d": "linear_attention",
