@@ -16,7 +16,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import compat
-from ..mixers.registry import MASK_OF_LAYER_TYPE
 from ..modules.norms import build_norm
 from .block import LlmArchBlock
 
@@ -47,7 +46,6 @@ class LlmArchMTP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.layers = nn.ModuleList(LlmArchMTPLayer(config, k) for k in range(config.num_nextn_predict_layers))
-        self.mask_type = MASK_OF_LAYER_TYPE[config.layer_types[-1]]
 
     def loss(self, lm, hidden, input_ids, inputs_embeds, labels, attention_mask, position_ids):
         """(L_MTP, router aux loss of the MTP blocks or None) for the batch; `lm` is the causal LM
@@ -64,8 +62,9 @@ class LlmArchMTP(nn.Module):
             mask = None if attention_mask is None else attention_mask[:, window]
             hidden, aux = run_mtp_layer(lm, layer, layer.project(embeds[:, k:], hidden[:, window]), mask, positions[:, window])
             logits = lm.logits(layer.shared_head_norm(hidden[:, :-1]))
-            targets = _targets(labels, attention_mask, position_ids, k)
-            losses.append(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX))
+            targets = _targets(labels, attention_mask, position_ids, k).flatten()
+            summed = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            losses.append(summed / (targets != IGNORE_INDEX).sum().clamp_min(1))  # no target at this depth: 0, not NaN
             if aux is not None:
                 aux_losses.append(aux)
         if not losses:

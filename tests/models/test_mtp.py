@@ -144,3 +144,10 @@ def test_speculative_decoding_with_sparse_attention_layers():
     prompt = torch.randint(3, 250, (1, 7))
     kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert torch.equal(model.generate(prompt, custom_generate=hf_llmarch.mtp_generate, **kwargs), model.generate(prompt, **kwargs))
+
+
+def test_a_depth_without_targets_adds_zero_not_nan():
+    """Three tokens, depth 2: its one prediction would start from a pad; no target, so 0 rather than NaN."""
+    ids = torch.randint(3, 250, (1, 3))
+    out = _mtp_model(depth=2)(ids, attention_mask=torch.tensor([[0, 1, 1]]), labels=ids)
+    assert torch.isfinite(out.loss) and torch.isfinite(out.mtp_loss)
