@@ -69,6 +69,21 @@ def interleave(suite: str, what: str, fns: dict, repeats: int, device, rate=None
     return times
 
 
+@torch.no_grad()
+def decode_step_times(model, state: dict, steps: int, device) -> list[float]:
+    """`steps` greedy 1-token forwards continuing `state` ({"token", "cache", "cache_arg"}: the cache
+    under the name the model's forward takes); seconds per step. Updates state["token"]."""
+    times = []
+    for _ in range(steps):
+        sync(device)
+        start = time.perf_counter()
+        out = model(input_ids=state["token"], use_cache=True, **{state["cache_arg"]: state["cache"]})
+        state["token"] = out.logits[:, -1:].argmax(-1)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def train_step(model, input_ids) -> None:
     """Forward + backward without an optimizer; grads are freed after, so each step allocates them."""
     model.train()

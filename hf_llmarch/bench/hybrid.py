@@ -2,12 +2,10 @@
 same width and depth (all ours, so no parity to check): forward+backward tokens/s and per-token
 decode time at several contexts, and how flat retention's decode time stays as context grows."""
 
-import time
-
 import torch
 
 from .. import compat
-from .harness import interleave, log, median, sync, train_step
+from .harness import decode_step_times, interleave, log, median, train_step
 from .report import metric
 from .settings import DTYPES, pick
 
@@ -54,32 +52,18 @@ def _prefill(model, s, context: int, device) -> dict:
     model.eval()
     ids = torch.randint(3, s.vocab, (s.decode_batch, context), device=device)
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    return {"cache": compat.output_cache(out), "token": out.logits[:, -1:].argmax(-1)}
-
-
-@torch.no_grad()
-def _decode_steps(model, state: dict, steps: int, device) -> list[float]:
-    """`steps` greedy 1-token forwards continuing `state`; seconds per step."""
-    times = []
-    for _ in range(steps):
-        sync(device)
-        start = time.perf_counter()
-        out = model(input_ids=state["token"], use_cache=True, **compat.cache_kwargs(state["cache"]))
-        state["token"] = out.logits[:, -1:].argmax(-1)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+    return {"cache": compat.output_cache(out), "token": out.logits[:, -1:].argmax(-1), "cache_arg": compat.CACHE_ARG}
 
 
 def _hybrid_decode(s, models: dict, context: int, device) -> dict[str, float]:
     """Median seconds per decode step at `context`, steps interleaved model by model."""
     states = {name: _prefill(m, s, context, device) for name, m in models.items()}
     for name, m in models.items():
-        _decode_steps(m, states[name], 1, device)  # warm-up
+        decode_step_times(m, states[name], 1, device)  # warm-up
     times = {name: [] for name in models}
     for r in range(s.repeats):
         for name, m in models.items():
-            steps = _decode_steps(m, states[name], s.decode_steps, device)
+            steps = decode_step_times(m, states[name], s.decode_steps, device)
             times[name] += steps
             what = f"decode @{context}"
             log.info(f"[hybrid] {what:<24} {name:<18} {r + 1}/{s.repeats} {median(steps) * 1e3:10.3f} ms/token")

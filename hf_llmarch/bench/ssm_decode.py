@@ -12,7 +12,7 @@ import time
 import torch
 
 from .. import compat
-from .harness import log, median, sync
+from .harness import decode_step_times, log, median
 from .report import metric, plot_decode_latency
 
 FLAT_DECODE_GOAL = ("<=", 1.10)  # recurrent decode at the longest vs the shortest context
@@ -55,20 +55,6 @@ def _prefill(model, ids: torch.Tensor, chunk: int, cache_arg: str) -> dict:
     return {"cache": cache, "token": out.logits[:, -1:].argmax(-1), "cache_arg": cache_arg}
 
 
-@torch.no_grad()
-def _steps(model, state: dict, steps: int, device) -> list[float]:
-    """`steps` greedy 1-token forwards continuing `state`; seconds per step."""
-    times = []
-    for _ in range(steps):
-        sync(device)
-        start = time.perf_counter()
-        out = model(input_ids=state["token"], use_cache=True, **{state["cache_arg"]: state["cache"]})
-        state["token"] = out.logits[:, -1:].argmax(-1)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _decode_at(s, models: dict, context: int, device) -> tuple[dict, dict]:
     """({model: seconds per step}, {model: prefill seconds}) at `context`, steps interleaved by model."""
     ids = torch.randint(3, s.vocab, (1, context), generator=torch.Generator().manual_seed(context)).to(device)
@@ -78,12 +64,12 @@ def _decode_at(s, models: dict, context: int, device) -> tuple[dict, dict]:
         start = time.perf_counter()
         states[name] = _prefill(m, ids, chunk, arg)
         prefill_s[name] = time.perf_counter() - start
-        _steps(m, states[name], 1, device)  # warm-up
+        decode_step_times(m, states[name], 1, device)  # warm-up
         log.info(f"[ssm] prefill @{context:<18} {name:<18} {prefill_s[name]:10.1f} s")
     times = {name: [] for name in models}
     for r in range(s.repeats):
         for name, m in models.items():
-            steps = _steps(m, states[name], s.decode_steps, device)
+            steps = decode_step_times(m, states[name], s.decode_steps, device)
             times[name] += steps
             what = f"decode @{context}"
             log.info(f"[ssm] {what:<24} {name:<18} {r + 1}/{s.repeats} {median(steps) * 1e3:10.3f} ms/token")

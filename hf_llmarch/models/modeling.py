@@ -109,7 +109,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
             self.rotary_emb = LlmArchRotaryEmbedding(config)
         self.gradient_checkpointing = False
         # Facts about the stack, read once: the config's __getattribute__ is slow per decode step.
-        self.mask_types = [MASK_OF_LAYER_TYPE[t] for t in config.layer_types]
+        self.mask_types = layer_mask_types(config)
         self.first_attention_layer = next((i for i, t in enumerate(self.mask_types) if t != "linear_attention"), None)
         self.has_recurrent_layers = any(t in STATEFUL_LAYER_TYPES for t in config.layer_types)
         self.needs_token_mask = self.has_recurrent_layers or "moe" in config.ffn_types
@@ -200,7 +200,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
             token_mask = self._token_mask(token_mask, seq_len) if isinstance(token_mask, torch.Tensor) else None
             return {**attention_mask, "linear_attention": token_mask}
         masks = {"linear_attention": self._token_mask(attention_mask, seq_len)}
-        return masks | build_attention_masks(self.config, hidden_states, attention_mask, position_ids, cache)
+        return masks | build_attention_masks(self.config, self.mask_types, hidden_states, attention_mask, position_ids, cache)
 
     def _sequence_starts(self, position_ids, attention_mask, cache, batch: int) -> torch.Tensor | None:
         """[B, T] bool, True where position_ids do not continue the previous token: the starts of
@@ -247,10 +247,15 @@ class LlmArchModel(LlmArchPreTrainedModel):
         return getattr(cache, "llmarch_seen_tokens", 0)
 
 
-def build_attention_masks(config, inputs_embeds, attention_mask, position_ids, cache) -> dict:
+def layer_mask_types(config) -> list[str]:
+    """Per layer, the backbone's mask its mixer reads (MASK_OF_LAYER_TYPE of its layer type)."""
+    return [MASK_OF_LAYER_TYPE[t] for t in config.layer_types]
+
+
+def build_attention_masks(config, mask_types: list[str], inputs_embeds, attention_mask, position_ids, cache) -> dict:
     """{mask kind: 4D mask or None} for each kind of attention the stack holds (a par() layer's
-    attention included), each built against the cache layer of the first layer that reads it."""
-    mask_types = [MASK_OF_LAYER_TYPE[t] for t in config.layer_types]
+    attention included), each built against the cache layer of the first layer that reads it;
+    `mask_types` is `layer_mask_types(config)`, which the backbone reads once, not per forward."""
     return {
         mask_type: builder(
             config=config,
@@ -309,7 +314,7 @@ class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
         default builds the sliding mask of a par(swa, ...) layer (`hybrid_sliding`) with the full-causal
         builder (5.17 to 5.24), which no longer fits the layer's window once the prompt outgrows it."""
         cache = compat.resolve_cache(cache, past_key_values)
-        masks = build_attention_masks(config, inputs_embeds, attention_mask, position_ids, cache)
+        masks = build_attention_masks(config, layer_mask_types(config), inputs_embeds, attention_mask, position_ids, cache)
         # The recurrent layers' padding mask; never in a one-token decode step, so compiled decode sees no growing mask.
         masks["linear_attention"] = attention_mask if inputs_embeds.shape[1] > 1 else None
         return masks
