@@ -8,6 +8,7 @@ from conftest import CPU_TRAINING, RepeatTask, tiny_model
 from transformers import DataCollatorWithFlattening, Trainer, TrainingArguments
 
 import hf_llmarch
+from hf_llmarch import compat
 
 NO_ROUTER_LOSS = dict(router_seq_aux_loss_coef=0.0, router_aux_loss_coef=0.0)
 
@@ -151,3 +152,15 @@ def test_a_depth_without_targets_adds_zero_not_nan():
     ids = torch.randint(3, 250, (1, 3))
     out = _mtp_model(depth=2)(ids, attention_mask=torch.tensor([[0, 1, 1]]), labels=ids)
     assert torch.isfinite(out.loss) and torch.isfinite(out.mtp_loss)
+
+
+def test_rejected_drafts_leave_no_keys_behind():
+    """An untrained drafter is mostly rejected: each rejection must crop its keys, so the cache ends
+    holding exactly the tokens fed back, and the output is still greedy's."""
+    model = _mtp_model()
+    prompt = torch.randint(3, 250, (1, 7))
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    out = model.generate(prompt, custom_generate=hf_llmarch.mtp_generate, return_dict_in_generate=True, **kwargs)
+    assert model.last_mtp_generation["accepted"] < model.last_mtp_generation["drafted"]
+    assert compat.output_cache(out).get_seq_length() == out.sequences.shape[1] - 1
+    assert torch.equal(out.sequences, model.generate(prompt, **kwargs))
