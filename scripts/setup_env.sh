@@ -12,7 +12,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-PIP=(quiet "$PY" -m pip install -q --disable-pip-version-check)
+# No wheel cache: CI machines can be short of disk, and a cached copy of torch doubles its footprint.
+PIP=(quiet "$PY" -m pip install -q --disable-pip-version-check --no-cache-dir)
 # pip and the build backend chatter even with -q (e.g. setuptools' notes on editable installs):
 # their output is shown only when the step fails.
 quiet() {
