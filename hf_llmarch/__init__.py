@@ -26,12 +26,13 @@ from .presets import list_presets, load_preset
 __version__ = "0.1.0"
 logger = logging.getLogger("hf_llmarch")
 
-# LoRA on every projection a mixer (attention, retention, state-space), dense FFN or shared expert has. Routed experts are 3D parameters and
+# LoRA on every projection a mixer (attention, retention, state-space, delta rule, RWKV), dense FFN or shared expert has. Routed experts are 3D parameters and
 # stay frozen unless asked for: `LoraConfig(target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])`.
 DEFAULT_LORA_TARGETS = [
     "q_proj", "k_proj", "v_proj", "o_proj", "g_proj", "gate_proj", "up_proj", "down_proj",
     "in_proj", "x_proj", "dt_proj", "out_proj",  # state-space mixers
     "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",  # multi-head latent attention
+    "key", "value", "receptance", "output", "r_proj",  # RWKV time and channel mix (transformers' and fla's names)
 ]
 
 

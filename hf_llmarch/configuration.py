@@ -75,6 +75,9 @@ class LlmArchConfig(PreTrainedConfig):
     attention_bias: bool = False  # bias on q/k/v (Qwen2, GPT-2)
     attention_out_bias: bool = False  # bias on o_proj (GPT-2)
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3, OLMo-2)
+    # Zero-centred RMSNorms (Qwen3-Next, Gemma): every backbone norm, and QK-norm, scales by 1 + weight,
+    # the weight starting at 0.
+    norm_unit_offset: bool = False
     sliding_window: int | None = None
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
@@ -85,6 +88,8 @@ class LlmArchConfig(PreTrainedConfig):
     residual_multiplier: float = 1.0
     attention_multiplier: float | None = None
     logits_scaling: float = 1.0
+    # A norm on the embeddings before the first layer (RWKV's pre_ln, BLOOM's word_embeddings_layernorm).
+    embedding_norm: bool = False
     # Mamba's `residual_in_fp32`: under bf16/fp16 weights the residual stream stays fp32 and each norm
     # reads it cast to its weight's dtype (the final norm's output goes to the head in the model dtype).
     residual_in_fp32: bool = False
@@ -240,6 +245,10 @@ class LlmArchConfig(PreTrainedConfig):
             self._validate_moe()
         if "retention" in self.mixer_types:
             self._validate_retention()
+        if "rwkv_cmix" in self.ffn_types:
+            from .modules.channel_mix import LlmArchChannelMix
+
+            LlmArchChannelMix.validate(self)
         # Mixers that own their fields (mamba, mamba2, s4d, ...) fill and check them. Imported lazily so
         # the config module loads no modeling code.
         from .mixers import validate_mixer_fields
@@ -304,6 +313,12 @@ class LlmArchConfig(PreTrainedConfig):
             raise ValueError(f"rope_parameters['rope_type']={rope_type!r} is not a known RoPE scaling type; valid: {list(ROPE_TYPES)}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE: change head_dim or num_attention_heads")
+        factor = self.rope_parameters.get("partial_rotary_factor", 1.0)
+        if not 0.0 < factor <= 1.0 or int(self.head_dim * factor) % 2:
+            raise ValueError(
+                f"rope_parameters['partial_rotary_factor']={factor!r} must lie in (0, 1] and rotate an even number of "
+                f"the head_dim={self.head_dim} channels"
+            )
         try:
             self.validate_rope()
         except (KeyError, TypeError) as err:

@@ -21,6 +21,15 @@ FAMILY_CONFIGS = {
     # No attention layer: positions and cache length come from the backbone's own token count.
     "retnet": ("hybrid-tiny", dict(TINY, layer_pattern="(retention/mlp)x2")),
     "linear": ("linear-attn-tiny", dict(TINY, layer_pattern="(linear_attn/mlp)x2")),
+    # RWKV-4: time mix + token-shifted channel mix sharing the shift state, LayerNorms, an embedding norm.
+    "rwkv4": ("rwkv4-tiny", dict(TINY, layer_pattern="(rwkv4/rwkv_cmix)x2", rwkv4_chunk_size=8)),
+    "deltanet": ("deltanet-tiny", dict(TINY, layer_pattern="(deltanet/mlp)x2", delta_chunk_size=8)),
+    # Qwen3-Next-style: Gated DeltaNet with grouped value heads, gated attention with partial RoPE,
+    # zero-centred norms, MoE with a gated shared expert and a dense layer.
+    "qwen3next": (
+        "qwen3-next-tiny",
+        dict(TINY, moe_intermediate_size=32, shared_expert_intermediate_size=32, layer_pattern="gated_deltanet/moe gated_attn/moe gated_deltanet/mlp", delta_chunk_size=8),
+    ),
     # State-space stacks (chunk sizes below the test lengths, so chunked and carried states both run).
     "mamba": ("mamba-tiny", dict(TINY, layer_pattern="(mamba/none)x2", mamba_d_state=8)),
     "mamba2": ("mamba2-tiny", dict(TINY, layer_pattern="(mamba2/none)x2", mamba2_chunk_size=8)),

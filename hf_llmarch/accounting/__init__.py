@@ -6,7 +6,8 @@ and the cache figure equals the bytes a `DynamicCache` holds after `generate()`.
 
 Each mixer and FFN kind is described by its parameters split into matmul weights (which cost
 2 FLOPs per weight per token) and the rest (biases, norm weights, embedding tables). A new mixer
-adds one entry to `_MIXER_PARAMS` and, if it keeps a fixed-size state, `_MIXER_STATE`.
+adds one entry to `_MIXER_PARAMS` (`params.py`; recurrent mixers' in `recurrent.py`) and, if it keeps a
+fixed-size state, `MIXER_STATE` (`recurrent.py`).
 """
 
 from .params import count_parameters

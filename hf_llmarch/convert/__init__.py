@@ -2,9 +2,9 @@
 
 `from_hf` takes a llama / mistral / qwen2 / qwen3 / gpt2 checkpoint (to `llmarch_dense`), a
 mixtral / qwen2_moe / qwen3_moe one (to `llmarch_moe`), a mamba / mamba2 one (to `llmarch_ssm`)
-or a jamba / granitemoehybrid / falcon_h1 one (to `llmarch_hybrid`), as a directory or an in-memory model, and returns our
+or a jamba / granitemoehybrid / falcon_h1 / qwen3_next / rwkv one (to `llmarch_hybrid`), as a directory or an in-memory model, and returns our
 model with the same logits; `to_hf` goes back. The per-source adapters (`llama.py`, `gpt2.py`,
-`moe.py`, `ssm.py`, `jamba.py`, `granite.py`, `falcon.py`) map configs and state dicts and name the family they convert to (`OURS`); this module
+`moe.py`, `ssm.py`, `jamba.py`, `granite.py`, `falcon.py`, `deepseek.py`, `qwen3_next.py`, `rwkv.py`) map configs and state dicts and name the family they convert to (`OURS`); this module
 checks that every tensor is consumed and builds the target model. `save_from_hf` / `save_to_hf`
 write directories.
 """
@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from ..models.modeling import LlmArchForCausalLM
-from . import deepseek, falcon, gpt2, granite, jamba, llama, moe, ssm
+from . import deepseek, falcon, gpt2, granite, jamba, llama, moe, qwen3_next, rwkv, ssm
 from .checkpoint import CheckpointError, TensorSource, append_tensors, copy_sidecar_files, read_config_json
 
 logger = logging.getLogger(__name__)
@@ -27,17 +27,24 @@ ADAPTERS = {
     "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama, "gpt2": gpt2, "mixtral": moe, "qwen2_moe": moe,
     "qwen3_moe": moe, "mamba": ssm, "mamba2": ssm, "jamba": jamba,
     "granitemoehybrid": granite, "falcon_h1": falcon, "deepseek_v2": deepseek,
-    "deepseek_v3": deepseek, "deepseek_v32": deepseek,
+    "deepseek_v3": deepseek, "deepseek_v32": deepseek, "qwen3_next": qwen3_next,
+    "rwkv": rwkv,
 }
 HEAD_KEY = "lm_head.weight"
 # Native families with muP-style scalings; every other target needs ours at their neutral values.
 SCALED_TARGETS = ("granitemoehybrid", "falcon_h1")
 NEUTRAL_SCALING = {"embedding_multiplier": 1.0, "residual_multiplier": 1.0, "attention_multiplier": None, "logits_scaling": 1.0}
-# Falcon-H1's variants of the MLP and of Mamba-2, which only falcon_h1 can express (a Mamba-2 field is
-# absent from a config without Mamba-2 layers, and then neutral).
-FALCON_ONLY = {
-    "mlp_multipliers": None, "mamba2_proj_multipliers": None, "mamba2_gate_norm": True, "mamba2_norm_before_gate": False,
+# Fields only some native families can express, with their neutral value: Falcon-H1's variants of the
+# MLP and of Mamba-2 (a Mamba-2 field is absent from a config without Mamba-2 layers, and then
+# neutral), Qwen3-Next's zero-centred norms.
+TARGET_ONLY_FIELDS = {
+    "mlp_multipliers": (("falcon_h1",), None),
+    "mamba2_proj_multipliers": (("falcon_h1",), None),
+    "mamba2_gate_norm": (("falcon_h1",), True),
+    "mamba2_norm_before_gate": (("falcon_h1",), False),
+    "norm_unit_offset": (("qwen3_next",), False),
 }
+PARTIAL_ROPE_TARGETS = ("qwen3_next",)
 OUR_EMBED_KEY = "model.embed_tokens.weight"
 
 __all__ = ["ADAPTERS", "CheckpointError", "from_hf", "infer_target", "save_from_hf", "save_to_hf", "to_hf"]
@@ -66,7 +73,8 @@ def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchFor
     expected = _expected_shapes(model_cls, config)
     head_shape = expected.pop(HEAD_KEY)
     state_dict = adapter.state_dict_from_hf(src, expected, config)
-    _attach_head(src, state_dict, OUR_EMBED_KEY, config.tie_word_embeddings, head_shape)
+    _attach_head(src, state_dict, OUR_EMBED_KEY, config.tie_word_embeddings, head_shape, _native_head_key(adapter))
+    state_dict[HEAD_KEY] = state_dict.pop(_native_head_key(adapter))
     src.check_consumed(adapter.IGNORED_KEYS)
     return _build(model_cls, config, state_dict, dtype, attn)
 
@@ -95,23 +103,29 @@ def _to_native(model, target: str | None) -> tuple[PreTrainedModel, dict]:
     native_config = adapter.config_to_hf(config, target)
     native_cls = adapter.NATIVE_CLASSES[target][1]
     expected = _expected_shapes(native_cls, native_config)
-    head_shape = expected.pop(HEAD_KEY)
+    head_shape = expected.pop(_native_head_key(adapter))
     src = TensorSource.from_state_dict(model.state_dict(), f"the {type(model).__name__}")
     state_dict = adapter.state_dict_to_hf(src, expected, config)
     _attach_head(src, state_dict, adapter.EMBED_KEY, config.tie_word_embeddings, head_shape)
+    state_dict[_native_head_key(adapter)] = state_dict.pop(HEAD_KEY)
     extra = adapter.extra_tensors_to_hf(src, config) if hasattr(adapter, "extra_tensors_to_hf") else {}
     src.check_consumed()
     return _build(native_cls, native_config, state_dict, model.dtype, config._attn_implementation), extra
 
 
 def infer_target(config) -> str:
-    """The native family closest to our config: parallel attention + Mamba-2 -> falcon_h1; Mamba or
+    """The native family closest to our config: parallel attention + Mamba-2 -> falcon_h1; Gated
+    DeltaNet -> qwen3_next; RWKV-4 -> rwkv; Mamba or
     Mamba-2 layers -> mamba / mamba2, with
     attention -> jamba; MoE layers -> qwen2_moe with a shared expert,
     qwen3_moe with QK-norm or dense layers, else mixtral; learned positions + LayerNorm -> gpt2; QK-norm -> qwen3; q/k/v bias
     without o bias -> qwen2; sliding window -> mistral (all layers) or qwen2 (a mix); else llama."""
     if any(m.startswith("par(") for m in config.mixer_types):
         return "falcon_h1"
+    if "gated_deltanet" in config.mixer_types:
+        return "qwen3_next"
+    if "rwkv4" in config.mixer_types:
+        return "rwkv"
     if "dsa" in config.mixer_types:
         return "deepseek_v32"
     if "mla" in config.mixer_types:
@@ -193,10 +207,15 @@ def _check_plain_stack(config, target: str, mixer_kinds: tuple[str, ...], ffn_ki
             raise ValueError(f"mixer_types[{i}]={mixer!r} cannot be expressed in {target}: only {'/'.join(mixer_kinds)} layers convert")
         if ffn not in ffn_kinds:
             raise ValueError(f"ffn_types[{i}]={ffn!r} cannot be expressed in {target}: only {'/'.join(ffn_kinds)} layers convert")
+    for field, (targets, neutral) in TARGET_ONLY_FIELDS.items():
+        if target not in targets and getattr(config, field, neutral) != neutral:
+            raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed in {target}; only {'/'.join(targets)} has it")
+    partial = (config.rope_parameters or {}).get("partial_rotary_factor", 1.0)
+    if partial != 1.0 and target not in PARTIAL_ROPE_TARGETS:
+        raise ValueError(
+            f"rope_parameters['partial_rotary_factor']={partial} cannot be expressed in {target}, which rotates whole heads"
+        )
     if target != "falcon_h1":
-        for field, neutral in FALCON_ONLY.items():
-            if getattr(config, field, neutral) != neutral:
-                raise ValueError(f"{field}={getattr(config, field)!r} cannot be expressed in {target}; only falcon_h1 has it")
         inner = getattr(config, "mamba2_d_inner", None)
         if inner is not None and inner != config.mamba2_expand * config.hidden_size:
             raise ValueError(
@@ -221,17 +240,23 @@ def _expected_shapes(model_cls, config) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _attach_head(src: TensorSource, state_dict: dict, embed_key: str, tied: bool, shape: tuple):
-    """Add lm_head.weight: its own tensor, or the embedding when tied (where a stored copy must equal it)."""
+def _native_head_key(adapter) -> str:
+    """The output head's name in the native family (RWKV's is `head.weight`)."""
+    return getattr(adapter, "NATIVE_HEAD_KEY", HEAD_KEY)
+
+
+def _attach_head(src: TensorSource, state_dict: dict, embed_key: str, tied: bool, shape: tuple, src_key: str = HEAD_KEY):
+    """Add the head as `state_dict[src_key]`: src's tensor `src_key`, or the embedding when tied (where a
+    stored copy must equal it)."""
     if not tied:
-        state_dict[HEAD_KEY] = src.take(HEAD_KEY, shape)
+        state_dict[src_key] = src.take(src_key, shape)
         return
-    if HEAD_KEY in src and not torch.equal(src.take(HEAD_KEY, shape), state_dict[embed_key]):
+    if src_key in src and not torch.equal(src.take(src_key, shape), state_dict[embed_key]):
         raise CheckpointError(
-            f"tensor {HEAD_KEY!r} in {src.origin} differs from the input embedding although tie_word_embeddings=True; "
+            f"tensor {src_key!r} in {src.origin} differs from the input embedding although tie_word_embeddings=True; "
             "set tie_word_embeddings=false in config.json if the head is meant to be separate"
         )
-    state_dict[HEAD_KEY] = state_dict[embed_key]
+    state_dict[src_key] = state_dict[embed_key]
 
 
 def _build(model_cls, config, state_dict: dict, dtype, attn_implementation: str | None):

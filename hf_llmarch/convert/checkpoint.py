@@ -56,12 +56,13 @@ def take_under_native_names(src, expected: dict[str, tuple], native_key) -> dict
 
 def shared_fields_from_hf(cfg) -> dict:
     """Our config fields every native causal LM config holds under the same names: embedding tying,
-    init scale, cache use and the special token ids."""
+    init scale (RWKV has none: ours keeps its default), cache use and the special token ids."""
+    init_range = {"initializer_range": cfg.initializer_range} if hasattr(cfg, "initializer_range") else {}
     return dict(
         tie_word_embeddings=cfg.tie_word_embeddings,
-        initializer_range=cfg.initializer_range,
+        **init_range,
         use_cache=cfg.use_cache,
-        pad_token_id=native_pad_token_id(cfg.pad_token_id),
+        pad_token_id=native_pad_token_id(getattr(cfg, "pad_token_id", None)),
         bos_token_id=cfg.bos_token_id,
         eos_token_id=cfg.eos_token_id,
     )

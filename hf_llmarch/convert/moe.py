@@ -45,6 +45,7 @@ PER_EXPERT_LAYOUT = {
     "mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
     "qwen2_moe": ("mlp", ("gate_proj", "up_proj", "down_proj")),
     "qwen3_moe": ("mlp", ("gate_proj", "up_proj", "down_proj")),
+    "qwen3_next": ("mlp", ("gate_proj", "up_proj", "down_proj")),
 }
 
 
@@ -61,7 +62,7 @@ def config_from_hf(cfg) -> dict:
         fields.update(ffn_types=["moe"] * n, num_experts=cfg.num_local_experts, moe_intermediate_size=cfg.intermediate_size, norm_topk_prob=True)
     else:
         fields.update(
-            ffn_types=[_qwen3_moe_ffn(cfg, i) for i in range(n)],
+            ffn_types=[qwen_moe_ffn(cfg, i) for i in range(n)],
             num_experts=cfg.num_experts,
             moe_intermediate_size=cfg.moe_intermediate_size,
             norm_topk_prob=cfg.norm_topk_prob,
@@ -114,8 +115,8 @@ def fused_experts(src, experts: str, names: tuple[str, str, str], fused: str, sh
     return torch.stack([src.take(f"{experts}.{i}.{down}.weight", (h, inner)) for i in range(e)])
 
 
-def _qwen3_moe_ffn(cfg, layer: int) -> str:
-    """Qwen2MoeDecoderLayer's and Qwen3MoeDecoderLayer's rule for a sparse layer."""
+def qwen_moe_ffn(cfg, layer: int) -> str:
+    """Qwen2-MoE's, Qwen3-MoE's and Qwen3-Next's rule for a sparse layer."""
     sparse = layer not in cfg.mlp_only_layers and cfg.num_experts > 0 and (layer + 1) % cfg.decoder_sparse_step == 0
     return "moe" if sparse else "mlp"
 

@@ -8,7 +8,8 @@ builds `LlmArchParallelMixer` over the named classes (`parallel.py`).
 """
 
 from ..pattern import parallel_parts
-from .attention import LlmArchAttention
+from .attention import LlmArchAttention, LlmArchGatedAttention
+from .delta_net import LlmArchDeltaNet, LlmArchGatedDeltaNet
 from .linear_attn import LlmArchLinearAttention
 from .mamba import LlmArchSelectiveSSM
 from .mamba2 import LlmArchSSD
@@ -17,13 +18,18 @@ from .mla import LlmArchMLA
 from .parallel import LlmArchParallelMixer
 from .registry import FFN_KINDS, MIXER_LAYER_TYPES, MIXER_TP_PLANS
 from .retention import LlmArchRetention
+from .rwkv4 import LlmArchTimeMix4
 from .s4d import LlmArchS4D
 
 MIXER_CLASSES = {
     "attn": LlmArchAttention,
     "swa": LlmArchAttention,
+    "gated_attn": LlmArchGatedAttention,
     "retention": LlmArchRetention,
     "linear_attn": LlmArchLinearAttention,
+    "deltanet": LlmArchDeltaNet,
+    "gated_deltanet": LlmArchGatedDeltaNet,
+    "rwkv4": LlmArchTimeMix4,
     "mamba": LlmArchSelectiveSSM,
     "mamba2": LlmArchSSD,
     "s4d": LlmArchS4D,
@@ -73,6 +79,9 @@ __all__ = [
     "MIXER_LAYER_TYPES",
     "LlmArchAttention",
     "LlmArchDSA",
+    "LlmArchDeltaNet",
+    "LlmArchGatedDeltaNet",
+    "LlmArchGatedAttention",
     "LlmArchLinearAttention",
     "LlmArchMLA",
     "LlmArchParallelMixer",
@@ -80,6 +89,7 @@ __all__ = [
     "LlmArchS4D",
     "LlmArchSSD",
     "LlmArchSelectiveSSM",
+    "LlmArchTimeMix4",
     "build_mixer",
     "mixer_config_fields",
     "register_mixer",

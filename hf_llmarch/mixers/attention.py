@@ -1,4 +1,4 @@
-"""Softmax attention (MHA / GQA / MQA, optional sliding window, QK-norm and qkv bias).
+"""Softmax attention (MHA / GQA / MQA, optional sliding window, QK-norm, qkv bias and output gate).
 
 The kernel comes from transformers' attention interface (eager, sdpa, flex, flash_attention_2),
 so `attn_implementation=` works exactly as for a native model. The mask arrives prebuilt for the
@@ -38,6 +38,7 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
 
 class LlmArchAttention(nn.Module):
     block_attr = "self_attn"  # attribute name inside the block: Llama's, so checkpoints and LoRA targets line up
+    output_gate = False
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -51,19 +52,23 @@ class LlmArchAttention(nn.Module):
         is_sliding = MASK_OF_LAYER_TYPE[config.layer_types[layer_idx]] == "sliding_attention"  # swa, or swa in par()
         self.sliding_window = config.sliding_window if is_sliding else None
         q_out, kv_out = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, q_out, bias=config.attention_bias)
+        # A gated layer's q_proj yields each head's query and its output gate side by side: [q_h | g_h].
+        self.q_proj = nn.Linear(config.hidden_size, q_out * (2 if self.output_gate else 1), bias=config.attention_bias)
         self.k_proj = nn.Linear(config.hidden_size, kv_out, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, kv_out, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_out, config.hidden_size, bias=config.attention_out_bias)
         self.use_qk_norm = config.qk_norm  # read per call; the config's __getattribute__ is slow
         if config.qk_norm:
-            self.q_norm = LlmArchRMSNorm(self.head_dim, eps=config.norm_eps)
-            self.k_norm = LlmArchRMSNorm(self.head_dim, eps=config.norm_eps)
+            self.q_norm = LlmArchRMSNorm(self.head_dim, eps=config.norm_eps, unit_offset=config.norm_unit_offset)
+            self.k_norm = LlmArchRMSNorm(self.head_dim, eps=config.norm_eps, unit_offset=config.norm_unit_offset)
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)  # -1 heads: tensor-parallel shards stay valid
-        query = self.q_proj(hidden_states).view(hidden_shape)  # [B, T, H, D]
+        if self.output_gate:
+            query, gate = self.q_proj(hidden_states).view(*input_shape, -1, 2 * self.head_dim).chunk(2, dim=-1)
+        else:
+            query = self.q_proj(hidden_states).view(hidden_shape)  # [B, T, H, D]
         key = self.k_proj(hidden_states).view(hidden_shape)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # [B, H_kv, T, D]
         if self.use_qk_norm:
@@ -89,5 +94,15 @@ class LlmArchAttention(nn.Module):
             sliding_window=self.sliding_window,
             **kwargs,
         )
-        out = self.o_proj(out.reshape(*input_shape, -1).contiguous())
-        return out, weights
+        out = out.reshape(*input_shape, -1).contiguous()
+        if self.output_gate:
+            out = out * torch.sigmoid(gate.reshape(*input_shape, -1))
+        return self.o_proj(out), weights
+
+
+class LlmArchGatedAttention(LlmArchAttention):
+    """Qwen3-Next's gated attention (`gated_attn`): softmax attention whose output is multiplied per
+    channel by sigmoid(gate), the gate projected with the query; partial RoPE comes from
+    `rope_parameters['partial_rotary_factor']`, zero-centred QK-norm from `norm_unit_offset`."""
+
+    output_gate = True

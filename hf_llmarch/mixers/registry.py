@@ -13,8 +13,12 @@ from ..pattern import parallel_parts
 MIXER_LAYER_TYPES = {
     "attn": "full_attention",
     "swa": "sliding_attention",
+    "gated_attn": "full_attention",
     "retention": "linear_attention",
     "linear_attn": "linear_attention",
+    "deltanet": "linear_attention",
+    "gated_deltanet": "linear_attention",
+    "rwkv4": "linear_attention",
     "mamba": "linear_attention",
     "mamba2": "linear_attention",
     "s4d": "linear_attention",
@@ -22,7 +26,7 @@ MIXER_LAYER_TYPES = {
     "dsa": INDEXED_ATTENTION_LAYER_TYPE,  # a KV layer that also keeps the indexer's keys
 }
 
-FFN_KINDS = ("mlp", "moe", "none")
+FFN_KINDS = ("mlp", "moe", "none", "rwkv_cmix")
 
 # A `par(...)` layer runs one attention mixer beside one recurrent mixer; transformers' cache has a
 # layer type holding both (a KV cache and the conv/SSM states), named after the attention kind.
@@ -62,6 +66,7 @@ _ATTENTION_TP = {f"self_attn.{p}_proj": "colwise" for p in "qkv"} | {"self_attn.
 MIXER_TP_PLANS = {
     "attn": _ATTENTION_TP,
     "swa": _ATTENTION_TP,
+    "gated_attn": _ATTENTION_TP,  # q_proj's rows are per head [q_h | g_h]: column shards keep heads whole
     "retention": {f"retention.{p}_proj": "colwise" for p in "qkvg"} | {"retention.o_proj": "rowwise"},
 }
 PARALLEL_BLOCK_ATTR = "parallel"  # a par() layer's mixers live under block.parallel.<their block_attr>

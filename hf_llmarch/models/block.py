@@ -5,6 +5,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..mixers import build_mixer
 from ..mixers.registry import MASK_OF_LAYER_TYPE, STATEFUL_LAYER_TYPES
+from ..modules.channel_mix import LlmArchChannelMix
 from ..modules.mlp import build_layer_mlp
 from ..modules.moe import MoEFeedForward
 from ..modules.norms import build_norm
@@ -24,7 +25,7 @@ class LlmArchBlock(GradientCheckpointingLayer):
         setattr(self, self.mixer_attr, mixer)
         if self.ffn_type != "none":
             self.post_attention_layernorm = build_norm(config)
-            self.mlp = MoEFeedForward(config) if self.ffn_type == "moe" else build_layer_mlp(config)
+            self.mlp = _build_ffn(config, self.ffn_type, layer_idx)
         # No module at p=0: an identity Dropout still costs a module call per use, which shows in decode.
         self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
         self.residual_multiplier = config.residual_multiplier
@@ -57,6 +58,8 @@ class LlmArchBlock(GradientCheckpointingLayer):
         hidden_states = self.post_attention_layernorm(self._norm_input(hidden_states, self.post_attention_layernorm))
         if self.ffn_type == "moe":
             hidden_states, aux_loss = self.mlp(hidden_states, token_mask, sequence_starts)
+        elif self.ffn_type == "rwkv_cmix":  # token-shifted: its state sits in the layer's cache
+            hidden_states = self.mlp(hidden_states, kwargs.get("cache"), token_mask, sequence_starts)
         else:
             hidden_states = self.mlp(hidden_states)
         return residual + self._branch(hidden_states), aux_loss
@@ -70,3 +73,11 @@ class LlmArchBlock(GradientCheckpointingLayer):
         if self.residual_multiplier != 1.0:
             hidden_states = hidden_states * self.residual_multiplier
         return hidden_states if self.dropout is None else self.dropout(hidden_states)
+
+
+def _build_ffn(config, ffn_type: str, layer_idx: int) -> nn.Module:
+    if ffn_type == "moe":
+        return MoEFeedForward(config)
+    if ffn_type == "rwkv_cmix":
+        return LlmArchChannelMix(config, layer_idx)
+    return build_layer_mlp(config)

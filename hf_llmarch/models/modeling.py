@@ -91,6 +91,8 @@ class LlmArchPreTrainedModel(PreTrainedModel):
             init.normal_(module.down_proj, mean=0.0, std=self.config.initializer_range)
         if hasattr(module, "init_ssm_parameters"):  # state-space mixers: A, D and dt have their own inits
             module.init_ssm_parameters()
+        if getattr(module, "unit_offset", False):  # a zero-centred norm scales by 1 + weight
+            init.zeros_(module.weight)
         if getattr(module, "e_score_correction_bias", None) is not None:  # DeepSeek selection bias starts neutral
             init.zeros_(module.e_score_correction_bias)
 
@@ -102,6 +104,8 @@ class LlmArchModel(LlmArchPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         if config.position_embedding_type == "learned":
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        if config.embedding_norm:
+            self.embed_norm = build_norm(config)
         self.embed_dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
         self.layers = nn.ModuleList(LlmArchBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = build_norm(config)
@@ -160,6 +164,8 @@ class LlmArchModel(LlmArchPreTrainedModel):
             hidden_states = hidden_states * self.embedding_multiplier
         if hasattr(self, "embed_positions"):
             hidden_states = hidden_states + self.embed_positions(position_ids)
+        if hasattr(self, "embed_norm"):
+            hidden_states = self.embed_norm(hidden_states)
         if self.embed_dropout is not None:
             hidden_states = self.embed_dropout(hidden_states)
         # A cache made in this call is empty: building masks without it keeps transformers'

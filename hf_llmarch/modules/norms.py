@@ -6,21 +6,28 @@ from torch import nn
 
 
 class LlmArchRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
+    """RMSNorm scaled by `weight`, or with `unit_offset` by 1 + weight (zero-centred: Qwen3-Next, Gemma;
+    the model's `_init_weights` then starts the weight at 0)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, unit_offset: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.weight = nn.Parameter(torch.zeros(hidden_size) if unit_offset else torch.ones(hidden_size))
         self.variance_epsilon = eps
+        self.unit_offset = unit_offset
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 (bf16 variance underflows), scale in the input dtype, as Llama does.
+        # Normalise in fp32 (bf16 variance underflows; an fp64 oracle keeps fp64), scale in the input
+        # dtype, as Llama does.
         input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
+        hidden_states = hidden_states.to(torch.float64 if input_dtype == torch.float64 else torch.float32)
         variance = hidden_states.pow(2).mean(-1, keepdim=True)
         hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        if self.unit_offset:  # Qwen3-Next scales in fp32, then casts
+            return (hidden_states * (1.0 + self.weight.to(hidden_states.dtype))).to(input_dtype)
         return self.weight * hidden_states.to(input_dtype)
 
     def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}" + (", 1 + weight" if self.unit_offset else "")
 
 
 class GatedRMSNorm(nn.Module):
@@ -52,4 +59,4 @@ def build_norm(config, dim: int | None = None) -> nn.Module:
     dim = dim or config.hidden_size
     if config.norm_type == "layernorm":
         return nn.LayerNorm(dim, eps=config.norm_eps)
-    return LlmArchRMSNorm(dim, eps=config.norm_eps)
+    return LlmArchRMSNorm(dim, eps=config.norm_eps, unit_offset=config.norm_unit_offset)

@@ -25,7 +25,7 @@ class LlmArchRotaryEmbedding(nn.Module):
     @staticmethod
     def compute_default_rope_parameters(config, device=None, **kwargs) -> tuple[torch.Tensor, float]:
         base = config.rope_parameters["rope_theta"]
-        dim = config.head_dim
+        dim = rotary_dim(config)
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
         return inv_freq, 1.0
 
@@ -39,6 +39,12 @@ class LlmArchRotaryEmbedding(nn.Module):
         return cos.to(x.dtype), sin.to(x.dtype)
 
 
+def rotary_dim(config) -> int:
+    """Channels of a head that rotate: partial RoPE (Qwen3-Next, GPT-NeoX) rotates the first
+    head_dim * partial_rotary_factor and passes the rest through."""
+    return int(config.head_dim * config.rope_parameters.get("partial_rotary_factor", 1.0))
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -47,9 +53,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(
     query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim_axis: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate query and key ([B, H, T, D] with head_dim_axis=1, or [B, T, H, D] with 2) by cos/sin [B, T, D]."""
+    """Rotate query and key ([B, H, T, D] with head_dim_axis=1, or [B, T, H, D] with 2) by cos/sin
+    [B, T, R]; with R < D (partial RoPE) only the first R channels rotate."""
     cos, sin = cos.unsqueeze(head_dim_axis), sin.unsqueeze(head_dim_axis)
-    return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+    width = cos.shape[-1]
+    if width == query.shape[-1]:
+        return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+    return tuple(
+        torch.cat([x[..., :width] * cos + rotate_half(x[..., :width]) * sin, x[..., width:]], dim=-1) for x in (query, key)
+    )
 
 
 def rotary_cos_sin(position_ids: torch.Tensor, dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

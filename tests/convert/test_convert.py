@@ -41,6 +41,8 @@ from transformers import (
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
+    Qwen3NextConfig,
+    Qwen3NextForCausalLM,
 )
 
 import hf_llmarch  # noqa: F401  (registers our Auto classes)
@@ -209,6 +211,27 @@ CASES = {
                 num_experts_per_tok=2, n_group=4, topk_group=2, n_shared_experts=1, index_n_heads=4,
                 index_head_dim=16, index_topk=4, mlp_layer_types=["dense", "sparse", "dense"],
             )
+        )
+    ),
+    # Qwen3-Next: Gated DeltaNet with grouped value heads (2 key heads, 4 value heads) and gated attention
+    # with partial RoPE, MoE with a gated shared expert around a dense layer; then one value head per key
+    # head, attention biases, tied embeddings and unnormalised top-k weights.
+    "qwen3_next_grouped_values_dense_layer": lambda: Qwen3NextForCausalLM(
+        Qwen3NextConfig(
+            **{**SMALL, "num_hidden_layers": 4}, num_key_value_heads=2, head_dim=16,
+            layer_types=["linear_attention", "full_attention", "linear_attention", "linear_attention"],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=8,
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+            mlp_only_layers=[2], rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+        )
+    ),
+    "qwen3_next_one_value_head_per_key_bias_tied": lambda: Qwen3NextForCausalLM(
+        Qwen3NextConfig(
+            **SMALL, num_key_value_heads=1, head_dim=32, layer_types=["linear_attention", "full_attention"],
+            linear_num_key_heads=4, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=16,
+            linear_conv_kernel_dim=3, num_experts=3, num_experts_per_tok=2, moe_intermediate_size=16,
+            shared_expert_intermediate_size=24, norm_topk_prob=False, attention_bias=True, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
         )
     ),
     "gpt2": lambda: GPT2LMHeadModel(
@@ -439,6 +462,11 @@ def test_gpt2_settings_that_change_the_math_are_refused(field, value):
         ({}, "qwen2", "attention_bias"),
         ({}, "qwen3", "qk_norm"),
         ({"qk_norm": True, "attention_bias": True}, "qwen3", "attention_out_bias"),
+        ({"qk_norm": True, "norm_unit_offset": True}, "qwen3", "norm_unit_offset"),
+        ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}}, "llama", "partial_rotary_factor"),
+        ({"layer_pattern": "gated_deltanet/moe gated_attn/moe", "qk_norm": True, "norm_unit_offset": True}, "qwen3_next", "shared_expert"),
+        ({"layer_pattern": "gated_deltanet/mlp attn/mlp", "qk_norm": True, "norm_unit_offset": True}, "qwen3_next", r"mixer_types\[1\]"),
+        ({"layer_pattern": "(gated_deltanet/mlp)x2", "qk_norm": True}, "qwen3_next", "norm_unit_offset"),
     ],
 )
 def test_inexpressible_configs_are_refused(fields, target, match):
