@@ -23,6 +23,8 @@ FAMILY_CONFIGS = {
     "linear": ("linear-attn-tiny", dict(TINY, layer_pattern="(linear_attn/mlp)x2")),
     # RWKV-4: time mix + token-shifted channel mix sharing the shift state, LayerNorms, an embedding norm.
     "rwkv4": ("rwkv4-tiny", dict(TINY, layer_pattern="(rwkv4/rwkv_cmix)x2", rwkv4_chunk_size=8)),
+    # Hyena: implicit long convolutions, decoding from the cached input history (which grows).
+    "hyena": ("hyena-tiny", dict(TINY, layer_pattern="(hyena/mlp)x2")),
     "deltanet": ("deltanet-tiny", dict(TINY, layer_pattern="(deltanet/mlp)x2", delta_chunk_size=8)),
     # Qwen3-Next-style: Gated DeltaNet with grouped value heads, gated attention with partial RoPE,
     # zero-centred norms, MoE with a gated shared expert and a dense layer.

@@ -7,7 +7,7 @@ import torch
 from ..pattern import parallel_parts
 
 from .basics import Params, add, linear
-from .recurrent import MIXER_STATE, RECURRENT_MIXER_PARAMS
+from .recurrent import HISTORY_ELEMENTS_PER_TOKEN, MIXER_STATE, RECURRENT_MIXER_PARAMS
 
 
 def _norm_params(config, dim: int | None = None) -> int:
@@ -70,6 +70,7 @@ KV_ELEMENTS_PER_TOKEN = {
     "gated_attn": lambda c: 2 * c.num_key_value_heads * c.head_dim,
     "mla": lambda c: c.kv_lora_rank + c.qk_rope_head_dim,
     "dsa": lambda c: c.kv_lora_rank + c.qk_rope_head_dim + c.index_head_dim,  # and the indexer's key
+    **HISTORY_ELEMENTS_PER_TOKEN,
 }
 # Attention FLOPs per attended key per query: 2 per q.k multiply-add and 2 per weights.v one, per head.
 # MLA counts its per-head (expanded) form, the one training runs.
@@ -79,6 +80,7 @@ ATTENTION_FLOPS_PER_KEY = {
     "gated_attn": lambda c: 4 * c.num_attention_heads * c.head_dim,
     "mla": lambda c: 2 * c.num_attention_heads * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim),
     "dsa": lambda c: 2 * c.num_attention_heads * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim),
+    "hyena": lambda c: 2 * (c.hyena_order - 1) * c.hidden_size,  # a multiply-add per past input per channel
 }
 # Per key of the whole context, on top of the attended ones: DSA's indexer scores every cached key.
 INDEXER_FLOPS_PER_KEY = {"dsa": lambda c: 2 * c.index_n_heads * c.index_head_dim}

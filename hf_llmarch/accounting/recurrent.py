@@ -153,7 +153,24 @@ def _rwkv4_state(config) -> tuple[int, int, int]:
     return 12 * inner, 3 * inner, 2 * config.hidden_size
 
 
+def _hyena_params(config) -> Params:
+    """in_proj to N+1 streams and out_proj (per-token matmuls); the short conv; the implicit filter's
+    MLP (run over positions, not tokens: counted with the other parameters) and its skip bias."""
+    d, n, f, e = config.hidden_size, config.hyena_order, config.hyena_filter_order, config.hyena_filter_emb_dim
+    short_conv = (n + 1) * d * (config.hyena_short_conv_size + 1)
+    filter_mlp = e * f + 2 * f * f + (n - 1) * d * f + 6 * f  # 4 weights, 3 biases, 3 sine frequencies
+    return add(linear(d, (n + 1) * d, True), linear(d, d, True), (0, short_conv + filter_mlp + (n - 1) * d))
+
+
+def _hyena_state(config) -> tuple[int, int, int]:
+    """The short conv's window (constant); the long convolutions' input history grows per token
+    (`HISTORY_ELEMENTS_PER_TOKEN`)."""
+    streams, width = (config.hyena_order + 1) * config.hidden_size, config.hyena_short_conv_size
+    return 2 * streams * width, 0, streams * (width - 1)
+
+
 RECURRENT_MIXER_PARAMS = {
+    "hyena": _hyena_params,
     "rwkv4": _rwkv4_params,
     "deltanet": lambda c: _delta_params(c, gated=False),
     "gated_deltanet": lambda c: _delta_params(c, gated=True),
@@ -166,5 +183,8 @@ RECURRENT_MIXER_PARAMS = {
 MIXER_STATE = {
     "linear_attn": _linear_attn_state, "retention": _retention_state, "mamba": _mamba_state, "mamba2": _mamba2_state,
     "s4d": _s4d_state, "deltanet": _delta_state, "gated_deltanet": _delta_state,
-    "rwkv4": _rwkv4_state,
+    "rwkv4": _rwkv4_state, "hyena": _hyena_state,
 }
+# Mixers whose decode state also grows with context (Hyena keeps its long convolutions' inputs: exact,
+# where a constant state would need a distilled approximation): model-dtype values per token.
+HISTORY_ELEMENTS_PER_TOKEN = {"hyena": lambda c: (c.hyena_order - 1) * c.hidden_size}

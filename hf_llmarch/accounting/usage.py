@@ -47,7 +47,7 @@ def flops_per_token(config, context: int) -> dict:
         for part in layer_parts(mixer):
             if part in MIXER_STATE:
                 state += MIXER_STATE[part](config)[0]
-            elif part in ATTENTION_FLOPS_PER_KEY:
+            if part in ATTENTION_FLOPS_PER_KEY:
                 attended = _attended_tokens(config, layer_type, context)
                 if part in INDEXER_FLOPS_PER_KEY:  # DSA: attend to the top-k, score every key
                     attention += context * INDEXER_FLOPS_PER_KEY[part](config)
@@ -77,17 +77,22 @@ def _layer_cache_bytes(config, layer_idx: int, context: int, dtype: torch.dtype)
 
 
 def _part_cache_bytes(config, mixer: str, layer_type: str, context: int, dtype: torch.dtype) -> tuple[int, bool]:
+    """A fixed state (recurrent mixers), a per-token cache (attention), or both (Hyena's short-conv
+    window and its input history)."""
+    if mixer not in MIXER_STATE and mixer not in KV_ELEMENTS_PER_TOKEN:
+        raise NotImplementedError(f"accounting does not know the cache of mixer {mixer!r} ({layer_type}) yet")
+    fixed = 0
     if mixer in MIXER_STATE:
         _, state, conv = MIXER_STATE[mixer](config)
-        return state * STATE_DTYPE.itemsize + conv * dtype.itemsize, True
+        fixed = state * STATE_DTYPE.itemsize + conv * dtype.itemsize
     if mixer not in KV_ELEMENTS_PER_TOKEN:
-        raise NotImplementedError(f"accounting does not know the cache of mixer {mixer!r} ({layer_type}) yet")
+        return fixed, True
     per_token = KV_ELEMENTS_PER_TOKEN[mixer](config) * dtype.itemsize
     if MASK_OF_LAYER_TYPE[layer_type] == "sliding_attention":
         # DynamicSlidingWindowLayer keeps the last window - 1 tokens; the current one is appended.
         held = min(context, config.sliding_window - 1)
-        return held * per_token, context >= config.sliding_window - 1
-    return context * per_token, False
+        return fixed + held * per_token, context >= config.sliding_window - 1
+    return fixed + context * per_token, False
 
 
 def cache_bytes_per_token(config, context: int, dtype: torch.dtype = torch.bfloat16) -> dict:

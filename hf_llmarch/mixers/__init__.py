@@ -14,6 +14,7 @@ from .linear_attn import LlmArchLinearAttention
 from .mamba import LlmArchSelectiveSSM
 from .mamba2 import LlmArchSSD
 from .dsa import LlmArchDSA
+from .hyena import LlmArchHyena
 from .mla import LlmArchMLA
 from .parallel import LlmArchParallelMixer
 from .registry import FFN_KINDS, MIXER_LAYER_TYPES, MIXER_TP_PLANS
@@ -30,6 +31,7 @@ MIXER_CLASSES = {
     "deltanet": LlmArchDeltaNet,
     "gated_deltanet": LlmArchGatedDeltaNet,
     "rwkv4": LlmArchTimeMix4,
+    "hyena": LlmArchHyena,
     "mamba": LlmArchSelectiveSSM,
     "mamba2": LlmArchSSD,
     "s4d": LlmArchS4D,
@@ -81,6 +83,7 @@ __all__ = [
     "LlmArchDSA",
     "LlmArchDeltaNet",
     "LlmArchGatedDeltaNet",
+    "LlmArchHyena",
     "LlmArchGatedAttention",
     "LlmArchLinearAttention",
     "LlmArchMLA",
