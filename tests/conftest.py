@@ -23,6 +23,8 @@ FAMILY_CONFIGS = {
     "linear": ("linear-attn-tiny", dict(TINY, layer_pattern="(linear_attn/mlp)x2")),
     # RWKV-4: time mix + token-shifted channel mix sharing the shift state, LayerNorms, an embedding norm.
     "rwkv4": ("rwkv4-tiny", dict(TINY, layer_pattern="(rwkv4/rwkv_cmix)x2", rwkv4_chunk_size=8)),
+    # RWKV-7: the generalised delta rule, the value residual down the stack, its own channel mix.
+    "rwkv7": ("rwkv7-tiny", dict(TINY, layer_pattern="(rwkv7/rwkv_cmix)x2", rwkv7_head_dim=16, rwkv7_chunk_size=8)),
     # Hyena: implicit long convolutions, decoding from the cached input history (which grows).
     "hyena": ("hyena-tiny", dict(TINY, layer_pattern="(hyena/mlp)x2")),
     "deltanet": ("deltanet-tiny", dict(TINY, layer_pattern="(deltanet/mlp)x2", delta_chunk_size=8)),

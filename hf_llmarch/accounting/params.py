@@ -7,7 +7,7 @@ import torch
 from ..pattern import parallel_parts
 
 from .basics import Params, add, linear
-from .recurrent import HISTORY_ELEMENTS_PER_TOKEN, MIXER_STATE, RECURRENT_MIXER_PARAMS
+from .recurrent import FIRST_LAYER_WITHOUT, HISTORY_ELEMENTS_PER_TOKEN, MIXER_STATE, RECURRENT_MIXER_PARAMS
 
 
 def _norm_params(config, dim: int | None = None) -> int:
@@ -124,6 +124,14 @@ def _shared_expert_params(config) -> Params:
     return add(_dense_ffn_params(config, config.shared_expert_intermediate_size), gate)
 
 
+def _channel_mix_params(config, mixer: str) -> Params:
+    """RWKV's channel mix: key and value (and RWKV-4's receptance), and its token-shift mixes."""
+    h, inner = config.hidden_size, config.intermediate_size
+    if mixer == "rwkv7":
+        return add(linear(h, inner), linear(inner, h), (0, h))
+    return add(linear(h, inner), linear(h, h), linear(inner, h), (0, 2 * h))
+
+
 def layer_counts(config) -> dict:
     """Parameter counts of the decoder stack, split by component, with matmul/other kept apart."""
     h, e, k = config.hidden_size, config.num_experts, config.num_experts_per_tok
@@ -142,10 +150,13 @@ def layer_counts(config) -> dict:
             shared_experts = add(shared_experts, _shared_expert_params(config))
             experts = add(experts, (e * per_expert, 0))
             experts_active = add(experts_active, (k * per_expert, 0))
-        elif ffn == "rwkv_cmix":  # key, receptance, value and the two token-shift mixes
-            dense = add(dense, linear(h, config.intermediate_size), linear(h, h), linear(config.intermediate_size, h), (0, 2 * h))
+        elif ffn == "rwkv_cmix":
+            dense = add(dense, _channel_mix_params(config, mixer))
         else:
             dense = add(dense, _dense_ffn_params(config))
+    for mixer, missing in FIRST_LAYER_WITHOUT.items():
+        if mixer in mixers:
+            mixers[mixer] = tuple(total - part for total, part in zip(mixers[mixer], missing(config)))
     return {
         "mixers": mixers,
         "dense_ffn": dense,

@@ -153,6 +153,26 @@ def _rwkv4_state(config) -> tuple[int, int, int]:
     return 12 * inner, 3 * inner, 2 * config.hidden_size
 
 
+def _rwkv7_low_rank(config, part: str, bias: bool = True) -> Params:
+    rank = getattr(config, f"rwkv7_{part}_low_rank")
+    return add(linear(config.hidden_size, rank), linear(rank, config.hidden_size, bias))
+
+
+def _rwkv7_params(config) -> Params:
+    """r, k, v, o; the decay, rate, value-residual and gate low-rank maps; six shift mixes, k_k, k_a,
+    r_k and the GroupNorm. The first rwkv7 layer has no value residual (`FIRST_LAYER_WITHOUT`)."""
+    h = config.hidden_size
+    low_rank = add(*(_rwkv7_low_rank(config, part) for part in ("decay", "a", "v")), _rwkv7_low_rank(config, "gate", False))
+    return add(*[linear(h, h)] * 4, low_rank, (0, 6 * h + 3 * h + 2 * h))
+
+
+def _rwkv7_state(config) -> tuple[int, int, int]:
+    """S [H, D, D] fp32 (decay, removal read and write, key write, read: ~8 FLOPs per element); the
+    token-shift inputs of time and channel mix."""
+    elements = config.hidden_size * config.rwkv7_head_dim
+    return 8 * elements, elements, 2 * config.hidden_size
+
+
 def _hyena_params(config) -> Params:
     """in_proj to N+1 streams and out_proj (per-token matmuls); the short conv; the implicit filter's
     MLP (run over positions, not tokens: counted with the other parameters) and its skip bias."""
@@ -170,6 +190,7 @@ def _hyena_state(config) -> tuple[int, int, int]:
 
 
 RECURRENT_MIXER_PARAMS = {
+    "rwkv7": _rwkv7_params,
     "hyena": _hyena_params,
     "rwkv4": _rwkv4_params,
     "deltanet": lambda c: _delta_params(c, gated=False),
@@ -183,8 +204,11 @@ RECURRENT_MIXER_PARAMS = {
 MIXER_STATE = {
     "linear_attn": _linear_attn_state, "retention": _retention_state, "mamba": _mamba_state, "mamba2": _mamba2_state,
     "s4d": _s4d_state, "deltanet": _delta_state, "gated_deltanet": _delta_state,
-    "rwkv4": _rwkv4_state, "hyena": _hyena_state,
+    "rwkv4": _rwkv4_state, "hyena": _hyena_state, "rwkv7": _rwkv7_state,
 }
+# Parameters the first layer of a mixer kind lacks: RWKV-7's first layer keeps v_first, so it has no
+# value-residual map.
+FIRST_LAYER_WITHOUT = {"rwkv7": lambda c: _rwkv7_low_rank(c, "v")}
 # Mixers whose decode state also grows with context (Hyena keeps its long convolutions' inputs: exact,
 # where a constant state would need a distilled approximation): model-dtype values per token.
 HISTORY_ELEMENTS_PER_TOKEN = {"hyena": lambda c: (c.hyena_order - 1) * c.hidden_size}

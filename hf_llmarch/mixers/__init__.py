@@ -20,6 +20,7 @@ from .parallel import LlmArchParallelMixer
 from .registry import FFN_KINDS, MIXER_LAYER_TYPES, MIXER_TP_PLANS
 from .retention import LlmArchRetention
 from .rwkv4 import LlmArchTimeMix4
+from .rwkv7 import LlmArchTimeMix7
 from .s4d import LlmArchS4D
 
 MIXER_CLASSES = {
@@ -31,6 +32,7 @@ MIXER_CLASSES = {
     "deltanet": LlmArchDeltaNet,
     "gated_deltanet": LlmArchGatedDeltaNet,
     "rwkv4": LlmArchTimeMix4,
+    "rwkv7": LlmArchTimeMix7,
     "hyena": LlmArchHyena,
     "mamba": LlmArchSelectiveSSM,
     "mamba2": LlmArchSSD,
@@ -93,6 +95,7 @@ __all__ = [
     "LlmArchSSD",
     "LlmArchSelectiveSSM",
     "LlmArchTimeMix4",
+    "LlmArchTimeMix7",
     "build_mixer",
     "mixer_config_fields",
     "register_mixer",

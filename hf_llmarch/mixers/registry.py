@@ -19,6 +19,7 @@ MIXER_LAYER_TYPES = {
     "deltanet": "linear_attention",
     "gated_deltanet": "linear_attention",
     "rwkv4": "linear_attention",
+    "rwkv7": "linear_attention",
     "hyena": "linear_attention",  # its growing input history rides in the recurrent-state slot
     "mamba": "linear_attention",
     "mamba2": "linear_attention",

@@ -5,7 +5,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..mixers import build_mixer
 from ..mixers.registry import MASK_OF_LAYER_TYPE, STATEFUL_LAYER_TYPES
-from ..modules.channel_mix import LlmArchChannelMix
+from ..modules.channel_mix import build_channel_mix
 from ..modules.mlp import build_layer_mlp
 from ..modules.moe import MoEFeedForward
 from ..modules.norms import build_norm
@@ -79,5 +79,5 @@ def _build_ffn(config, ffn_type: str, layer_idx: int) -> nn.Module:
     if ffn_type == "moe":
         return MoEFeedForward(config)
     if ffn_type == "rwkv_cmix":
-        return LlmArchChannelMix(config, layer_idx)
+        return build_channel_mix(config, layer_idx)
     return build_layer_mlp(config)

@@ -120,6 +120,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         self.embedding_multiplier = config.embedding_multiplier
         self.residual_in_fp32 = config.residual_in_fp32
         self.needs_sequence_starts = self.needs_token_mask
+        self.shares_across_layers = "rwkv7" in config.mixer_types  # RWKV-7's value residual
         self.post_init()
         _log_attention_path(config)
 
@@ -176,6 +177,8 @@ class LlmArchModel(LlmArchPreTrainedModel):
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if hasattr(self, "rotary_emb") else None
 
         aux_losses = []
+        if self.shares_across_layers:
+            kwargs["shared_across_layers"] = {}
         for layer in self.layers[: self.config.num_hidden_layers]:
             hidden_states, aux = layer(
                 hidden_states,
