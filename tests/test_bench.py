@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hf_llmarch import bench
-from hf_llmarch.bench import harness, mla, overhead, report, ssm
+from hf_llmarch.bench import harness, linear, mla, overhead, report, ssm
 from hf_llmarch.bench.settings import QUICK
 from hf_llmarch.convert import ADAPTERS
 from hf_llmarch.models.modeling import LlmArchForCausalLM
@@ -189,6 +189,30 @@ def test_ssm_suite_reports_a_reference_from_hf_does_not_take_as_skipped(tmp_path
     assert "greedy_tokens_differing[JambaForCausalLM]" not in res["parity"]
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| train tokens/s vs Jamba"))
     assert row.endswith("| SKIPPED |")
+
+
+def test_linear_suite(tmp_path):
+    """Parity with RWKV and Qwen3-Next first; train rows recomputed from the raw times; a decode row per
+    mixer and context; the flat-decode goal only where the state is constant (not Hyena's history)."""
+    plot = tmp_path / "decode.png" if importlib.util.find_spec("matplotlib") else None
+    res = _run(tmp_path, "linear", "--no-memory", *(["--plot", str(plot)] if plot else []))
+    assert res["status"] == "ok" and res["parity"]["passed"] is True and not res["skipped"]
+    metrics, raw = res["metrics"], res["raw"]
+    for ref, _ in linear.REFERENCES:
+        assert res["parity"][f"max_abs_logit_diff[{ref}]"] <= linear.LINEAR_PARITY_TOL
+        speed = metrics[f"train tokens/s vs {ref}"]
+        for name in ("ours", "transformers"):
+            assert speed["values"][name] == pytest.approx(QUICK["ssm_seq"] / statistics.median(raw["train_s"][ref][name]))
+    contexts = QUICK["ssm_contexts"].split(",")
+    mixers = (*linear.CONSTANT_STATE, *linear.GROWING_STATE)
+    for c in contexts:
+        assert set(metrics[f"decode ms/token @{c}"]["values"]) == set(mixers)
+    for name in mixers:
+        row = metrics[f"{name} decode @{contexts[-1]} / @{contexts[0]}"]
+        assert ("goal" in row) == (name in linear.CONSTANT_STATE) and row["ratio"] > 0
+    _check_metrics(res, ["ours", "transformers", *mixers])
+    if plot is not None:
+        assert plot.stat().st_size > 0
 
 
 def test_mla_suite(tmp_path, monkeypatch):

@@ -24,6 +24,10 @@ machine noise hits every model alike; every reported number is the median over r
             the decode steps; the survey's "93% (213.5 GB -> 7.6 GB)" claim recomputed from our accounting for V2
             against DeepSeek 67B and for V3; `--plot PATH` saves the latencies.
 
+* linear:   `llmarch_hybrid` converted with `from_hf` from random `RwkvForCausalLM` / `Qwen3NextForCausalLM`,
+            same weights: forward+backward tokens/s and peak memory (shared with ssm in `pairs`); per-token
+            decode latency at the ssm contexts of our rwkv4, rwkv7, deltanet, gated_deltanet, linear_attn
+            (constant state: flat within 10%) and hyena (its history grows); `--plot PATH` saves the latencies.
 * mtp:      multi-token prediction: a tiny DeepSeek-V3-shaped model with one MTP module, trained on
             the embedded corpus, decodes held-out prompts greedily and with `mtp_generate`
             (self-speculative): identical tokens first, then the drafts' acceptance rate, main-model
@@ -33,7 +37,7 @@ A suite that compares ours with a transformers model reports a speed only once p
 logits within tolerance and equal greedy tokens; for the moe block, outputs and input gradients;
 the moe suite checks block and model before timing either): otherwise
 it fails, says which check failed by how much, and `run` returns 1. Peak memory: see `harness`.
-Speed is measured here, never in unit tests. One module per suite (moe: `moe` and `moe_model`; ssm: `ssm` and `ssm_decode`; mla: `mla` and `mla_decode`); `harness` times and measures,
+Speed is measured here, never in unit tests. One module per suite (moe: `moe` and `moe_model`; ssm: `ssm` and `ssm_decode`; mla: `mla` and `mla_decode`; ssm and linear race converted pairs through `pairs`); `harness` times and measures,
 `report` formats, `settings` holds the flags.
 """
 
@@ -50,6 +54,7 @@ from ..console import show_on_console
 from .dense import bench_dense
 from .harness import log
 from .hybrid import bench_hybrid
+from .linear import bench_linear
 from .mla import bench_mla
 from .moe import bench_moe
 from .mtp import bench_mtp
@@ -60,7 +65,7 @@ from .ssm import bench_ssm
 
 SUITE_FNS = {
     "dense": bench_dense, "overhead": bench_overhead, "hybrid": bench_hybrid, "moe": bench_moe, "ssm": bench_ssm,
-    "mla": bench_mla, "mtp": bench_mtp,
+    "mla": bench_mla, "mtp": bench_mtp, "linear": bench_linear,
 }
 
 __all__ = ["SUITES", "SUITE_FNS", "add_arguments", "format_markdown", "format_table", "main", "run"]

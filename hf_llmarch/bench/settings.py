@@ -6,7 +6,7 @@ import importlib.util
 
 import torch
 
-SUITES = ("dense", "overhead", "hybrid", "moe", "ssm", "mla", "mtp")
+SUITES = ("dense", "overhead", "hybrid", "moe", "ssm", "mla", "mtp", "linear")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -64,12 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-batch", type=int, default=1, help="hybrid suite: sequences decoded at once")
     parser.add_argument("--hybrid-pattern", help="default: (retention/moe attn/mlp)x{layers/2}")
     parser.add_argument("--moe-tokens", type=int, help="tokens per MoE block forward+backward")
-    parser.add_argument("--ssm-seq", type=int, help="ssm suite: train sequence length, batch 1 (default 128 on cpu)")
-    parser.add_argument("--ssm-contexts", help="ssm suite decode contexts, comma-separated (default 1024,4096,16384)")
+    parser.add_argument("--ssm-seq", type=int, help="ssm, linear suites: train sequence length, batch 1 (default 128 on cpu)")
+    parser.add_argument("--ssm-contexts", help="ssm, linear suites: decode contexts, comma-separated (default 1024,4096,16384)")
     parser.add_argument("--mla-layers", type=int, help="mla suite: depth of both models (default 4)")
     parser.add_argument("--mla-contexts", help="mla suite decode contexts, comma-separated (default 1024,4096,8192)")
     parser.add_argument("--mtp-steps", type=int, help="mtp suite: training steps of the tiny model (default 400 on cpu)")
-    parser.add_argument("--plot", metavar="PATH", help="ssm, mla suites: save decode latency vs context here (needs matplotlib)")
+    parser.add_argument("--plot", metavar="PATH", help="ssm, mla, linear suites: save decode latency vs context here (needs matplotlib)")
     for flag in SHAPE_FLAGS:
         default = SHAPE_DEFAULTS[flag.replace("-", "_")]
         parser.add_argument(f"--{flag}", type=int, help=f"model shape (default {default})")

@@ -8,9 +8,8 @@ parameter count, and our mamba's decode against MambaForCausalLM's at the shorte
 
 import torch
 
-from .dense import dense_parity
-from .harness import cpu_peaks, cuda_peak, interleave, log, median, parity_gate, rss_growth, train_step
-from .report import metric
+from .harness import log, parity_gate
+from .pairs import build_pairs, pairs_parity, register_references, train_metrics
 from .settings import DTYPES, pick
 from .ssm_decode import bench_ssm_decode, dense_like
 
@@ -91,100 +90,21 @@ REFERENCES = (
 )
 
 
-def build_pair(s, ref: str) -> dict:
-    """{"ours": from_hf(native), "transformers": native}, fp32 on CPU, identical weights (seed 0).
-    Raises from_hf's ValueError when it does not convert this model type."""
-    from ..convert import from_hf
-
-    torch.manual_seed(0)
-    native = dict(REFERENCES)[ref](s)
-    return {"ours": from_hf(native), "transformers": native}
-
-
-def _pairs(s, device) -> tuple[dict, dict]:
-    """({ref: pair on `device`}, {ref: why it is skipped})."""
-    pairs, skipped = {}, {}
-    for ref, _ in REFERENCES:
-        try:
-            pairs[ref] = {n: m.to(device) for n, m in build_pair(s, ref).items()}
-        except ValueError as err:  # from_hf does not take this model type (yet)
-            skipped[ref] = f"from_hf: {err}"
-    return pairs, skipped
-
-
-def _parity(pairs: dict, s, device) -> tuple[dict, list[str]]:
-    """The dense suite's check per pair; fields and failures named by the reference."""
-    fields, failures = {}, []
-    for ref, pair in pairs.items():
-        parity, failed = dense_parity(pair["ours"], pair["transformers"], s, device, tol=SSM_PARITY_TOL)
-        fields[f"max_abs_logit_diff[{ref}]"] = parity["max_abs_logit_diff"]
-        fields[f"greedy_tokens_differing[{ref}]"] = parity["greedy_tokens_differing"]
-        failures += [f"{ref} {f}" for f in failed]
-    return {**fields, "tolerance": SSM_PARITY_TOL, "passed": not failures}, failures
-
-
-def _train_call(model, s, device):
-    ids = torch.randint(3, s.vocab, (1, s.ssm_seq), generator=torch.Generator().manual_seed(1)).to(device)
-    return lambda: train_step(model, ids)
-
-
-def cpu_train_peak_worker(job: dict) -> int:
-    """Runs in a fresh forked process: build one pair, measure one model's train step peak RSS growth."""
-    settings = job["settings"]
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    model = build_pair(settings, job["ref"])[job["model"]].to(DTYPES[settings.dtype])
-    return rss_growth(_train_call(model, settings, torch.device("cpu")))
-
-
-def _train_memory(s, pairs: dict, device) -> dict:
-    """{ref: {"ours"|"transformers": peak bytes of one train step, or None}}."""
-    if s.no_memory:
-        return {ref: dict.fromkeys(pair) for ref, pair in pairs.items()}
-    jobs = [{"settings": s, "ref": ref, "model": m, "what": f"train/{ref[:6]}"} for ref in pairs for m in pairs[ref]]
-    if device.type == "cuda":
-        peaks = [cuda_peak(_train_call(pairs[j["ref"]][j["model"]], s, device), device) for j in jobs]
-    else:
-        peaks = cpu_peaks("ssm", jobs, cpu_train_peak_worker, SSM_PRELOAD)
-    out = {ref: {} for ref in pairs}
-    for job, peak in zip(jobs, peaks):
-        out[job["ref"]][job["model"]] = peak
-    return out
-
-
-def _train_metrics(s, pairs: dict, skipped: dict, device) -> tuple[dict, dict]:
-    """Per reference: train tokens/s (goal) and peak memory; a skipped reference gets an empty row."""
-    metrics, times = {}, {}
-    for ref, pair in pairs.items():
-        fns = {n: _train_call(m, s, device) for n, m in pair.items()}
-        what = f"train vs {ref.removesuffix('ForCausalLM')}"
-        times[ref] = interleave("ssm", what, fns, s.repeats, device, lambda t: f"{s.ssm_seq / t:,.0f} tok/s")
-    peaks = _train_memory(s, pairs, device)
-    cols = ("ours", "transformers")
-    for ref, _ in REFERENCES:
-        speed = f"train tokens/s vs {ref}"
-        if ref in skipped:
-            metrics[speed] = {**metric("tok/s", {}, cols, SSM_SPEED_GOAL), "skipped": skipped[ref]}
-            continue
-        tps = {n: s.ssm_seq / median(t) for n, t in times[ref].items()}
-        mib = {n: None if b is None else b / 2**20 for n, b in peaks[ref].items()}
-        metrics[speed] = metric("tok/s", tps, cols, SSM_SPEED_GOAL)
-        metrics[f"train peak memory vs {ref}"] = metric("MiB", mib, cols)
-    return metrics, {"train_s": times, "train_peak_bytes": peaks}
+register_references("ssm", REFERENCES)
 
 
 def bench_ssm(s) -> dict:
     device, dtype = torch.device(s.device), DTYPES[s.dtype]
     res = {"title": "state-space models vs transformers Mamba / Mamba-2 / Jamba / Falcon-H1 (same weights); decode vs a dense model"}
     res.update(columns=["ours", "transformers", "mamba", "mamba2", "dense"], setup=pick(s, SSM_SETUP))
-    pairs, skipped = _pairs(s, device)
-    res["parity"], failures = _parity(pairs, s, device)
+    pairs, skipped = build_pairs(s, "ssm", device)
+    res["parity"], failures = pairs_parity(pairs, s, device, SSM_PARITY_TOL)
     if failed := parity_gate("ssm", res, failures):
         return failed
     for ref, why in skipped.items():
         log.info(f"[ssm] {ref} skipped: {why}")
     pairs = {ref: {n: m.to(dtype) for n, m in pair.items()} for ref, pair in pairs.items()}
-    metrics, raw = _train_metrics(s, pairs, skipped, device)
+    metrics, raw = train_metrics("ssm", s, pairs, skipped, device, SSM_SPEED_GOAL, SSM_PRELOAD)
     decode_models = {"mamba": pairs["MambaForCausalLM"]["ours"], "mamba2": pairs["Mamba2ForCausalLM"]["ours"]}
     decode_models["dense"] = dense_like(s, decode_models["mamba"], device, dtype)
     decode_metrics, decode_raw, counts = bench_ssm_decode(s, decode_models, pairs["MambaForCausalLM"]["transformers"], device)

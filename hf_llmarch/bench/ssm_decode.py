@@ -55,24 +55,25 @@ def _prefill(model, ids: torch.Tensor, chunk: int, cache_arg: str) -> dict:
     return {"cache": cache, "token": out.logits[:, -1:].argmax(-1), "cache_arg": cache_arg}
 
 
-def _decode_at(s, models: dict, context: int, device) -> tuple[dict, dict]:
-    """({model: seconds per step}, {model: prefill seconds}) at `context`, steps interleaved by model."""
+def decode_at(suite: str, s, models: dict, context: int, device, plan: dict) -> tuple[dict, dict]:
+    """({model: seconds per step}, {model: prefill seconds}) at `context`, steps interleaved by model;
+    `plan` gives each model's (prefill chunk or None for the whole context, cache argument name)."""
     ids = torch.randint(3, s.vocab, (1, context), generator=torch.Generator().manual_seed(context)).to(device)
     states, prefill_s = {}, {}
     for name, m in models.items():
-        chunk, arg = (context, compat.NATIVE_SSM_CACHE_ARG) if name == NATIVE else (PREFILL_CHUNK[name], compat.CACHE_ARG)
+        chunk, arg = plan[name]
         start = time.perf_counter()
-        states[name] = _prefill(m, ids, chunk, arg)
+        states[name] = _prefill(m, ids, chunk or context, arg)
         prefill_s[name] = time.perf_counter() - start
         decode_step_times(m, states[name], 1, device)  # warm-up
-        log.info(f"[ssm] prefill @{context:<18} {name:<18} {prefill_s[name]:10.1f} s")
+        log.info(f"[{suite}] prefill @{context:<18} {name:<18} {prefill_s[name]:10.1f} s")
     times = {name: [] for name in models}
     for r in range(s.repeats):
         for name, m in models.items():
             steps = decode_step_times(m, states[name], s.decode_steps, device)
             times[name] += steps
             what = f"decode @{context}"
-            log.info(f"[ssm] {what:<24} {name:<18} {r + 1}/{s.repeats} {median(steps) * 1e3:10.3f} ms/token")
+            log.info(f"[{suite}] {what:<24} {name:<18} {r + 1}/{s.repeats} {median(steps) * 1e3:10.3f} ms/token")
     return times, prefill_s
 
 
@@ -87,7 +88,8 @@ def bench_ssm_decode(s, models: dict, native, device) -> tuple[dict, dict, dict]
     raw = {"decode_s": {}, "prefill_s": {}}
     for context in s.ssm_contexts:
         at = models | ({NATIVE: native} if context == lo else {})
-        raw["decode_s"][context], raw["prefill_s"][context] = _decode_at(s, at, context, device)
+        plan = {name: (PREFILL_CHUNK[name], compat.CACHE_ARG) for name in models} | {NATIVE: (None, compat.NATIVE_SSM_CACHE_ARG)}
+        raw["decode_s"][context], raw["prefill_s"][context] = decode_at("ssm", s, at, context, device, plan)
     per_token = {c: {n: median(t) for n, t in times.items()} for c, times in raw["decode_s"].items()}
     metrics = {}
     for c, t in per_token.items():
