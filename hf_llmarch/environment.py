@@ -20,11 +20,15 @@ from .compat import TESTED_TRANSFORMERS
 from .configuration import LlmArchConfig
 from .ops.moe import moe_path_label, pick_moe_impl, resolve_moe_impl
 from .ops.moe.grouped import FEW_PAIRS
+from .ops.delta_rule import resolve_delta_rule_mode
+from .ops.dplr_delta import resolve_dplr_mode
+from .ops.hyena import resolve_hyena_mode
 from .ops.retention import resolve_retention_mode
 from .ops.s4d import resolve_s4d_mode
 from .ops.selective_scan import resolve_selective_scan_mode
 from .ops.short_conv import resolve_short_conv_mode
 from .ops.ssd import resolve_ssd_mode
+from .ops.wkv4 import resolve_wkv4_mode
 
 PACKAGES = ("peft", "accelerate", "trl", "triton", "safetensors")
 KERNELS = ("flash_attn", "mamba_ssm", "causal_conv1d", "fla")
@@ -112,8 +116,9 @@ def _retention_paths() -> dict:
 
 
 def _state_space_paths() -> dict:
-    """The path each state-space op's "auto" takes for a prefill from a zero state and for a decode
-    step, asked of the ops' own resolvers (the fused kernels need CUDA and their extra installed)."""
+    """The path each state-space and linear-time op's "auto" takes for a prefill from a zero state and
+    for a decode step, asked of the ops' own resolvers (the fused kernels need CUDA and their extra
+    installed: mamba-ssm, causal-conv1d, fla-core)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     prefill, step = (torch.zeros(1, t, 8, device=device) for t in (16, 1))
     resolvers = {
@@ -121,6 +126,10 @@ def _state_space_paths() -> dict:
         "mamba2": lambda x: resolve_ssd_mode("auto", x[..., None]),
         "s4d": lambda x: resolve_s4d_mode("auto", seq_len=x.shape[1]),
         "short conv": lambda x: resolve_short_conv_mode("auto", x),
+        "delta rule": lambda x: resolve_delta_rule_mode("auto", x),
+        "rwkv7 dplr": lambda x: resolve_dplr_mode("auto", x),
+        "rwkv4 wkv": lambda x: resolve_wkv4_mode("auto", x),
+        "hyena long conv": lambda x: "cached-history dot product" if x.shape[1] == 1 else resolve_hyena_mode("auto"),
     }
     paths = {}
     for name, resolve in resolvers.items():
