@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..retention.chunk import _segment_masks, _to_chunks
+from ..triangular import unit_lower_inverse
 from .naive import _prepare
 
 
@@ -29,8 +30,7 @@ def _wy(k, v, beta, b, decay, from_start):
     if from_start is not None:
         k_read = k_read * from_start
     rhs = beta_h * torch.cat([v, k_read], dim=-1).transpose(2, 3)  # [B, N, H, C, Dv + Dk]
-    # unitriangular: only A's strict lower part is read, the unit diagonal is implied.
-    sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+    sol = unit_lower_inverse(A) @ rhs  # (I + A)^-1 rhs; only A's strict lower part is read
     return sol.split([v.shape[-1], k.shape[-1]], dim=-1)
 
 

@@ -3,8 +3,8 @@
 Inside a chunk, with c_i the per-channel cumulative log-decay from the chunk start through token i,
 the value read by token i's removal term, x_i = S_{i-1}^T a_i, obeys the unit lower-triangular system
     x_i - sum_{j<i} A_ab[i, j] x_j = (a_i e^{c_{i-1}})^T S_0 + sum_{j<i} A_ak[i, j] v_j,
-with A_xy[i, j] = sum_d x_i[d] y_j[d] e^{c_{i-1}[d] - c_j[d]}. One batched triangular solve gives
-x = u + m S_0 for every chunk at once; then each chunk is an affine map S_0 -> S_C, and
+with A_xy[i, j] = sum_d x_i[d] y_j[d] e^{c_{i-1}[d] - c_j[d]}. One batched unit-triangular inverse gives
+x = u + m S_0 for every chunk at once (`ops/triangular.py`); then each chunk is an affine map S_0 -> S_C, and
 o_i = (q_i e^{c_i})^T S_0 + sum_{j<=i} [A_qk[i, j] v_j + A_qb[i, j] x_j] (A_q* use e^{c_i - c_j}).
 
 Pair scores are factored as (x_i e^{c}) . (y_j e^{-c}), so e^{-c_j} is the one exp of a positive
@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..triangular import unit_lower_inverse
 from .naive import prepare
 
 
@@ -61,9 +62,8 @@ def _chunk_maps(q, k, v, a, b, w, masks):
     q_in, a_in = q * c.exp(), a * (c - w).exp()  # decayed from the chunk start through i / up to i
     k_out, b_out = k * (-c).exp(), b * (-c).exp()  # the positive exponent the precondition bounds
     A_qk, A_qb, A_ak, A_ab = _pair_scores(q_in, a_in, k_out, b_out, same)
-    eye = torch.eye(c.shape[-2], dtype=c.dtype, device=c.device)
     rhs = torch.cat([A_ak @ v, a_in * from_start], dim=-1)
-    sol = torch.linalg.solve_triangular(eye - A_ab, rhs, upper=False, unitriangular=True)
+    sol = unit_lower_inverse(-A_ab) @ rhs  # (I - A_ab)^-1 rhs
     u, m = sol.split([v.shape[-1], c.shape[-1]], dim=-1)  # removal reads: x = u + m @ S_0
     o_part = A_qk @ v + A_qb @ u
     o_state = q_in * from_start + A_qb @ m
