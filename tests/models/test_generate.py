@@ -159,3 +159,21 @@ def test_speculative_decoding_equals_greedy_or_is_refused(family, how):
             model.generate(ids, max_new_tokens=10, do_sample=False, **extra)
     else:
         assert torch.equal(model.generate(ids, max_new_tokens=10, do_sample=False, **extra), greedy)
+
+
+def test_right_padded_prefill_then_continuation_equals_unpadded(family):
+    """Pads at the end of a prefill must leave the cache as the real tokens left it: a recurrent state
+    neither written nor decayed by them, an attention cache whose pad keys stay masked."""
+    model = tiny_model(family)
+    if model.config.sliding_window is not None:
+        pytest.skip("a sliding window counts cache slots: right pads in the cache take window places from real keys")
+    ids, follow = prompts(1, 9, seed=7), prompts(1, 3, seed=8)
+    padded = torch.cat([ids, torch.full((1, 4), model.config.pad_token_id)], 1)
+    mask = torch.cat([torch.ones(1, 9, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)], 1)
+    with torch.no_grad():
+        expected = model(torch.cat([ids, follow], 1)).logits[:, 9:]
+        cache = DynamicCache(config=model.config)
+        model(padded, attention_mask=mask, past_key_values=cache, use_cache=True)
+        mask = torch.cat([mask, torch.ones(1, 3, dtype=torch.long)], 1)
+        got = model(follow, attention_mask=mask, position_ids=torch.arange(9, 12)[None], past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
