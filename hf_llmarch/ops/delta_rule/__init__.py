@@ -10,11 +10,9 @@ var LLMARCH_DELTA_RULE_MODE overrides "auto". All return (o in v's dtype, final_
 
 from __future__ import annotations
 
-import functools
 import logging
 
-import torch
-
+from ..fla import fla_blocker, fla_op
 from ..modes import requested_mode
 from .chunk import delta_rule_chunk
 from .naive import delta_rule_naive
@@ -26,7 +24,6 @@ logger = logging.getLogger("hf_llmarch")
 
 MODE_ENV_VAR = "LLMARCH_DELTA_RULE_MODE"
 VALID_MODES = ("auto", "chunk", "recurrent", "naive", "fla")
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _PATH_NAMES = {
     "chunk": "pure-torch chunk",
     "recurrent": "pure-torch recurrent",
@@ -36,15 +33,10 @@ _PATH_NAMES = {
 _logged_paths: set[str] = set()
 
 
-@functools.lru_cache(maxsize=None)
 def _fla_kernels():
     """(chunk_delta_rule, chunk_gated_delta_rule) from fla-core, or None when it is not installed."""
-    try:
-        from fla.ops.delta_rule import chunk_delta_rule
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    except ImportError:
-        return None
-    return chunk_delta_rule, chunk_gated_delta_rule
+    kernels = fla_op("delta_rule", "chunk_delta_rule"), fla_op("gated_delta_rule", "chunk_gated_delta_rule")
+    return None if None in kernels else kernels
 
 
 def resolve_delta_rule_mode(mode: str, q, reset=None) -> str:
@@ -57,7 +49,7 @@ def resolve_delta_rule_mode(mode: str, q, reset=None) -> str:
     if q.shape[1] <= 1:
         return "recurrent"
     # fla packs sequences through cu_seqlens (batch 1), not per-token resets: those stay on chunk.
-    if q.is_cuda and q.dtype in _KERNEL_DTYPES and reset is None and _fla_kernels() is not None:
+    if fla_blocker(_fla_kernels(), q, "reset" if reset is not None else None) is None:
         return "fla"
     return "chunk"
 

@@ -12,11 +12,9 @@ Shapes: q, k, a, b, log_decay [B, T, H, Dk]; v [B, T, H, Dv]; state [B, H, Dk, D
 
 from __future__ import annotations
 
-import functools
 import logging
 
-import torch
-
+from ..fla import fla_blocker, fla_op
 from ..modes import requested_mode
 from .chunk import dplr_delta_chunk
 from .naive import dplr_delta_naive, dplr_delta_step
@@ -27,31 +25,17 @@ logger = logging.getLogger("hf_llmarch")
 
 MODE_ENV_VAR = "LLMARCH_DPLR_MODE"
 VALID_MODES = ("auto", "chunk", "recurrent", "naive", "fla")
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _logged_paths: set[str] = set()
 
 
-@functools.cache
 def _fla_kernel():
     """fla-core's `chunk_rwkv7`, or None when fla is not installed."""
-    try:
-        from fla.ops.rwkv7 import chunk_rwkv7
-    except ImportError:
-        return None
-    return chunk_rwkv7
+    return fla_op("rwkv7", "chunk_rwkv7")
 
 
 def _fla_blocker(q, reset) -> str | None:
     """Why fla's kernel cannot run these inputs, or None when it can."""
-    if _fla_kernel() is None:
-        return "fla-core not installed"
-    if reset is not None:
-        return "fla's kernel takes no reset"
-    if not q.is_cuda:
-        return "the tensors are not on CUDA"
-    if q.dtype not in _KERNEL_DTYPES:
-        return f"fla's kernel does not support {q.dtype}"
-    return None
+    return fla_blocker(_fla_kernel(), q, "fla's kernel takes no reset" if reset is not None else None)
 
 
 def resolve_dplr_mode(mode: str, q, reset=None) -> str:

@@ -11,11 +11,9 @@ All return (wkv [B, T, C] in v's dtype, final state [B, 3, C] in fp32, fp64 for 
 
 from __future__ import annotations
 
-import functools
 import logging
 
-import torch
-
+from ..fla import fla_blocker, fla_op
 from ..modes import requested_mode
 from .chunk import wkv4_chunk
 from .naive import EMPTY_LOG_SCALE, wkv4_initial_state, wkv4_naive, wkv4_step
@@ -34,31 +32,18 @@ logger = logging.getLogger("hf_llmarch")
 
 MODE_ENV_VAR = "LLMARCH_WKV4_MODE"
 VALID_MODES = ("auto", "chunk", "recurrent", "naive", "fla")
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _logged_paths: set[str] = set()
 
 
-@functools.cache
 def _fla_kernel():
     """fla-core's `fused_recurrent_rwkv4`, or None when the optional package is missing."""
-    try:
-        from fla.ops.rwkv4 import fused_recurrent_rwkv4
-    except ImportError:
-        return None
-    return fused_recurrent_rwkv4
+    return fla_op("rwkv4", "fused_recurrent_rwkv4")
 
 
 def _fla_blocker(k, token_mask, reset) -> str | None:
     """Why the fla kernel cannot run these inputs, or None when it can."""
-    if _fla_kernel() is None:
-        return "fla-core (fla.ops.rwkv4.fused_recurrent_rwkv4) is not installed"
-    if token_mask is not None or reset is not None:
-        return "the kernel takes no token_mask and no reset"
-    if not k.is_cuda:
-        return f"the tensors are on {k.device}, not CUDA"
-    if k.dtype not in _KERNEL_DTYPES:
-        return f"the kernel does not support {k.dtype}"
-    return None
+    masked = token_mask is not None or reset is not None
+    return fla_blocker(_fla_kernel(), k, "the kernel takes no token_mask and no reset" if masked else None)
 
 
 def resolve_wkv4_mode(mode: str, k, token_mask=None, reset=None) -> str:
