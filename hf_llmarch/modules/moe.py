@@ -104,13 +104,14 @@ class MoEFeedForward(nn.Module):
         return self.last_losses.get("z")
 
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N, H] -> [N, E] fp32."""
+        """x [N, H] -> [N, E] fp32 (fp64 for an fp64 model: the oracle keeps its precision)."""
         # The router runs in fp32 even under autocast (Switch "selective precision"); entering the
         # autocast context costs host time at every decode step, so only when autocast is on.
+        wide = torch.float64 if x.dtype == torch.float64 else torch.float32
         if not torch.is_autocast_enabled(x.device.type):
-            return F.linear(x.float(), self.gate.weight.float())
+            return F.linear(x.to(wide), self.gate.weight.to(wide))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.linear(x.float(), self.gate.weight.float())
+            return F.linear(x.to(wide), self.gate.weight.to(wide))
 
     def route(
         self, x: torch.Tensor, token_mask: torch.Tensor | None = None,
