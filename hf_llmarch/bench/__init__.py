@@ -32,6 +32,10 @@ machine noise hits every model alike; every reported number is the median over r
             the embedded corpus, decodes held-out prompts greedily and with `mtp_generate`
             (self-speculative): identical tokens first, then the drafts' acceptance rate, main-model
             forwards per token and tokens/s of each.
+* recall:   multi-query associative recall (Zoology's MQAR): a 2-layer `({mixer}/mlp)x2` of one width per
+            `--mixers` entry, trained on MQAR, then held-out accuracy per number of key-value pairs beside
+            the bytes a layer caches; the survey's "Gated DeltaNet beats Mamba-2 on recall" against the
+            measured means; `--plot PATH` saves accuracy vs pairs. Accuracy, not speed: no parity gate.
 
 A suite that compares ours with a transformers model reports a speed only once parity holds (fp32
 logits within tolerance and equal greedy tokens; for the moe block, outputs and input gradients;
@@ -59,13 +63,14 @@ from .mla import bench_mla
 from .moe import bench_moe
 from .mtp import bench_mtp
 from .overhead import bench_overhead
+from .recall import bench_recall
 from .report import format_markdown, format_table
 from .settings import SUITES, add_arguments, resolve_settings
 from .ssm import bench_ssm
 
 SUITE_FNS = {
     "dense": bench_dense, "overhead": bench_overhead, "hybrid": bench_hybrid, "moe": bench_moe, "ssm": bench_ssm,
-    "mla": bench_mla, "mtp": bench_mtp, "linear": bench_linear,
+    "mla": bench_mla, "mtp": bench_mtp, "linear": bench_linear, "recall": bench_recall,
 }
 
 __all__ = ["SUITES", "SUITE_FNS", "add_arguments", "format_markdown", "format_table", "main", "run"]

@@ -6,7 +6,7 @@ import importlib.util
 
 import torch
 
-SUITES = ("dense", "overhead", "hybrid", "moe", "ssm", "mla", "mtp", "linear")
+SUITES = ("dense", "overhead", "hybrid", "moe", "ssm", "mla", "mtp", "linear", "recall")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -21,6 +21,7 @@ DEVICE_DEFAULTS = {
     "moe_tokens": (4096, 16384),
     "ssm_seq": (128, 1024),
     "mtp_steps": (400, 2000),
+    "recall_steps": (1500, 3000),  # attention first recalls after 900-1450 steps (3 seeds, batch 32, lr 1e-3)
 }
 SHAPE_FLAGS = ("hidden", "layers", "heads", "kv-heads", "vocab", "intermediate", "moe-intermediate", "experts", "top-k")
 SHAPE_DEFAULTS = {
@@ -37,10 +38,18 @@ SHAPE_DEFAULTS = {
     "ssm_contexts": "1024,4096,16384",
     "mla_layers": 4,  # 8k prefills of both models stay within a minute on one CPU thread
     "mla_contexts": "1024,4096,8192",
+    "mixers": "attn,retention,linear_attn,mamba2,deltanet,gated_deltanet,rwkv7",
+    "recall_width": 64,
+    "recall_vocab": 256,  # layers.md §6a: 256-1024 on CPU, 8192 (the paper's) on GPU
+    "recall_seq_len": 64,
+    "recall_kv_pairs": "4,8,16",
+    "recall_batch": 32,
+    "recall_lrs": "1e-3",
 }
 QUICK = {
     **dict(batch=1, seq=16, prompt=8, new_tokens=4, repeats=1, decode_steps=2, moe_tokens=64, contexts="16,32"),
     **dict(ssm_seq=16, ssm_contexts="16,32,64", mla_layers=2, mla_contexts="16,32,64", mtp_steps=3),
+    **dict(recall_steps=3, recall_seq_len=16, recall_kv_pairs="2", recall_batch=4),
     **dict(hidden=64, layers=2, heads=4, kv_heads=2, vocab=256, intermediate=128, moe_intermediate=64, experts=4),
 }
 
@@ -69,7 +78,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mla-layers", type=int, help="mla suite: depth of both models (default 4)")
     parser.add_argument("--mla-contexts", help="mla suite decode contexts, comma-separated (default 1024,4096,8192)")
     parser.add_argument("--mtp-steps", type=int, help="mtp suite: training steps of the tiny model (default 400 on cpu)")
-    parser.add_argument("--plot", metavar="PATH", help="ssm, mla, linear suites: save decode latency vs context here (needs matplotlib)")
+    parser.add_argument(
+        "--mixers",
+        help="recall suite: token mixers, comma-separated (default: attn, retention, linear_attn, mamba2, deltanet, "
+        "gated_deltanet, rwkv7; unregistered ones are skipped)",
+    )
+    parser.add_argument("--recall-width", type=int, help="recall suite: hidden size of every model (default 64)")
+    parser.add_argument("--recall-vocab", type=int, help="recall suite: MQAR vocabulary (default 256)")
+    parser.add_argument("--recall-seq-len", type=int, help="recall suite: MQAR sequence length (default 64)")
+    parser.add_argument("--recall-kv-pairs", help="recall suite: key-value pair counts, comma-separated (default 4,8,16)")
+    parser.add_argument("--recall-steps", type=int, help="recall suite: AdamW steps per model (default 1500 on cpu)")
+    parser.add_argument("--recall-batch", type=int, help="recall suite: training batch (default 32)")
+    parser.add_argument("--recall-lrs", help="recall suite: learning rates, comma-separated; the best is reported (default 1e-3)")
+    parser.add_argument(
+        "--plot", metavar="PATH",
+        help="ssm, mla, linear suites: save decode latency vs context here; recall suite: accuracy vs kv pairs "
+        "(needs matplotlib)",
+    )
     for flag in SHAPE_FLAGS:
         default = SHAPE_DEFAULTS[flag.replace("-", "_")]
         parser.add_argument(f"--{flag}", type=int, help=f"model shape (default {default})")
@@ -100,6 +125,9 @@ def resolve_settings(args: argparse.Namespace) -> argparse.Namespace:
     s.contexts = [int(c) for c in str(s.contexts).split(",")]
     s.ssm_contexts = sorted(int(c) for c in str(s.ssm_contexts).split(","))
     s.mla_contexts = sorted(int(c) for c in str(s.mla_contexts).split(","))
+    s.mixers = [m.strip() for m in str(s.mixers).split(",") if m.strip()]
+    s.recall_kv_pairs = sorted(int(k) for k in str(s.recall_kv_pairs).split(","))
+    s.recall_lrs = [float(lr) for lr in str(s.recall_lrs).split(",")]
     if s.plot and not importlib.util.find_spec("matplotlib"):
         raise SystemExit("llmarch bench: --plot needs matplotlib (pip install matplotlib)")
     if s.hybrid_pattern is None:

@@ -25,7 +25,7 @@ from transformers import initialization as init
 from ..modules.norms import GatedRMSNorm, LlmArchRMSNorm
 from ..ops.delta_rule import delta_rule
 from .registry import check_positive_ints, fill_config_defaults
-from .ssm_common import at_least_fp32, cached_short_conv
+from .ssm_common import at_least_fp32, cached_short_conv, inverse_softplus_dt
 from .state import read_recurrent_state, write_recurrent_state
 
 CONFIG_FIELDS = {
@@ -41,6 +41,7 @@ CONFIG_FIELDS = {
 }
 DELTA_MODES = ("auto", "chunk", "recurrent", "naive", "fla")
 L2_NORM_EPS = 1e-6
+DT_INIT_RANGE = (1e-3, 1e-1, 1e-4)  # dt_min, dt_max, floor (fla's GatedDeltaNet, Mamba-2)
 
 
 def l2_normalise(x: torch.Tensor) -> torch.Tensor:
@@ -113,10 +114,13 @@ class LlmArchDeltaNet(nn.Module):
 
     @torch.no_grad()
     def init_ssm_parameters(self) -> None:
-        """Gated DeltaNet's decay as Mamba-2's: A = U(0, 16) per value head, dt_bias = 1 (Qwen3-Next's init)."""
+        """Gated DeltaNet's decay as fla's and Mamba-2's: A = U(0, 16) per value head and dt_bias the
+        inverse softplus of a log-uniform dt in [1e-3, 0.1]. (Qwen3-Next's own init, dt_bias = 1, decays
+        every head by ~exp(-1.3 A) per token at the start: on MQAR at width 64 that model never left
+        chance in 1500 steps, this one reached 0.99 / 0.99 / 0.91 at 4 / 8 / 16 pairs.)"""
         if self.gated:
             init.copy_(self.A_log, torch.empty(self.num_value_heads).uniform_(0, 16).clamp(min=1e-4).log())
-            init.ones_(self.dt_bias)
+            init.copy_(self.dt_bias, inverse_softplus_dt(self.num_value_heads, *DT_INIT_RANGE))
 
     def forward(self, hidden_states, attention_mask=None, cache=None, sequence_starts=None, **kwargs):
         batch, seq_len, _ = hidden_states.shape

@@ -105,3 +105,11 @@ def test_bad_settings_name_their_field(overrides, field):
     fields = dict(vocab_size=50, hidden_size=64, num_attention_heads=4, layer_pattern="gated_deltanet/mlp") | overrides
     with pytest.raises(ValueError, match=field):
         LlmArchHybridConfig(**fields)
+
+
+def test_gated_decay_starts_slow_enough_to_remember():
+    """dt = softplus(dt_bias) log-uniform in [1e-3, 0.1] (fla's init): Qwen3-Next's dt_bias = 1 makes
+    every head forget within a few tokens at the start, and such a model never learned MQAR here."""
+    mixer = tiny_model("qwen3next").model.layers[0].mixer
+    dt = torch.nn.functional.softplus(mixer.dt_bias)
+    assert bool(((dt >= 1e-4) & (dt <= 0.1 + 1e-6)).all())
