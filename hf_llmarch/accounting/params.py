@@ -7,7 +7,7 @@ import torch
 from ..pattern import parallel_parts
 
 from .basics import Params, add, linear
-from .recurrent import FIRST_LAYER_WITHOUT, HISTORY_ELEMENTS_PER_TOKEN, MIXER_STATE, RECURRENT_MIXER_PARAMS
+from .recurrent import FIRST_LAYER_WITHOUT, HISTORY_ELEMENTS_PER_TOKEN, RECURRENT_MIXER_PARAMS
 
 
 def _norm_params(config, dim: int | None = None) -> int:

@@ -8,11 +8,11 @@ from .params import (
     ATTENTION_FLOPS_PER_KEY,
     INDEXER_FLOPS_PER_KEY,
     KV_ELEMENTS_PER_TOKEN,
-    MIXER_STATE,
     STATE_DTYPE,
     layer_counts,
     layer_parts,
 )
+from .recurrent import MIXER_STATE
 
 
 def _attended_tokens(config, layer_type: str, context: int) -> int:

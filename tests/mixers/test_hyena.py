@@ -12,7 +12,6 @@ import torch
 from transformers import DataCollatorWithFlattening, DynamicCache
 
 import hf_llmarch.ops.hyena as hyena_ops
-from hf_llmarch.mixers.hyena import LlmArchHyena
 from hf_llmarch.models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM
 from hf_llmarch.ops.hyena import long_conv, long_conv_fft, long_conv_naive, long_conv_step
 
