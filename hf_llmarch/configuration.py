@@ -99,6 +99,15 @@ class LlmArchConfig(PreTrainedConfig):
     mtp_loss_weight: float = 0.3
     # Falcon-H1's muP multipliers of the dense gated MLP: down(up(x) * act(gate(x) * m_gate)) * m_down.
     mlp_multipliers: list[float] | None = None
+    # Topology (checked and documented in hf_llmarch/topology.py): which keys a query sees
+    # (causal, bidirectional, prefix), where the norms sit (pre, post), and BERT/ALBERT's
+    # embedding extras (token types, a factorised embedding width, a position offset, shared layers).
+    attention_mask_kind: str = "causal"
+    norm_placement: str = "pre"
+    type_vocab_size: int = 0
+    embedding_size: int | None = None
+    position_offset: int = 0
+    num_layer_groups: int | None = None
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
@@ -241,6 +250,9 @@ class LlmArchConfig(PreTrainedConfig):
         self._validate_attention()
         self._validate_choices()
         self._validate_positions()
+        from .topology import validate_topology
+
+        validate_topology(self)
         if "moe" in self.ffn_types:
             self._validate_moe()
         if "retention" in self.mixer_types:

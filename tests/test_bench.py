@@ -13,7 +13,7 @@ from hf_llmarch import bench
 from hf_llmarch.bench import harness, linear, mla, overhead, report, ssm
 from hf_llmarch.bench.settings import QUICK
 from hf_llmarch.convert import ADAPTERS
-from hf_llmarch.models.modeling import LlmArchForCausalLM
+from hf_llmarch.models.causal_lm import LlmArchForCausalLM
 from hf_llmarch.modules.moe import MoEFeedForward
 
 

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from ..models.modeling import LlmArchForCausalLM
+from ..models.causal_lm import LlmArchForCausalLM
 from . import deepseek, falcon, gpt2, granite, jamba, llama, moe, qwen3_next, rwkv, ssm
 from .checkpoint import CheckpointError, TensorSource, append_tensors, copy_sidecar_files, read_config_json
 

@@ -13,7 +13,7 @@ function at step 0 and training only has to make the experts diverge.
 import torch
 from transformers.initialization import no_init_weights
 
-from ..models.modeling import LlmArchForCausalLM
+from ..models.causal_lm import LlmArchForCausalLM
 from ..models.moe import LlmArchMoeConfig, LlmArchMoeForCausalLM
 
 # Config keys that describe the source checkpoint, not the upcycled model.

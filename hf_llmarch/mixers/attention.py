@@ -48,7 +48,7 @@ class LlmArchAttention(nn.Module):
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         self.scaling = config.attention_multiplier or self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
-        self.is_causal = True
+        self.is_causal = config.attention_mask_kind != "bidirectional"  # sdpa reads it when the mask is None
         is_sliding = MASK_OF_LAYER_TYPE[config.layer_types[layer_idx]] == "sliding_attention"  # swa, or swa in par()
         self.sliding_window = config.sliding_window if is_sliding else None
         q_out, kv_out = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim

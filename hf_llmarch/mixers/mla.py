@@ -78,7 +78,7 @@ class LlmArchMLA(nn.Module):
         self.rope_groups = config.mla_rope_groups
         self.num_key_value_groups = 1  # the expanded keys and values have every head
         self.attention_dropout = config.attention_dropout
-        self.is_causal = True
+        self.is_causal = config.attention_mask_kind != "bidirectional"  # sdpa reads it when the mask is None
         self.interleave, self.mode, self.kernel = config.rope_interleave, config.mla_mode, config.mla_kernel
         expand_cost = 2 * self.latent_dim - self.nope_dim - self.v_dim  # per query, beyond the shared part
         self.absorb_below = math.inf if expand_cost <= 0 else self.latent_dim * (self.nope_dim + self.v_dim) / expand_cost

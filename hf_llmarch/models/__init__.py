@@ -12,7 +12,8 @@ from .hybrid import (
     LlmArchHybridModel,
 )
 from .moe import LlmArchMoeConfig, LlmArchMoeForCausalLM, LlmArchMoeForSequenceClassification, LlmArchMoeModel
-from .modeling import LlmArchForCausalLM, LlmArchModel, LlmArchPreTrainedModel
+from .causal_lm import LlmArchForCausalLM
+from .modeling import LlmArchModel, LlmArchPreTrainedModel
 from .ssm import LlmArchSsmConfig, LlmArchSsmForCausalLM, LlmArchSsmForSequenceClassification, LlmArchSsmModel
 
 # One row per family: (config, base model, causal LM, sequence classification).

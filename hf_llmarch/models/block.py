@@ -1,4 +1,6 @@
-"""The one block every family uses: norm -> mixer -> residual -> norm -> FFN -> residual."""
+"""The one block every family uses: norm -> mixer -> residual -> norm -> FFN -> residual (pre-norm),
+or mixer -> residual -> norm -> FFN -> residual -> norm (post-norm: BERT, the original Transformer;
+`input_layernorm` then follows the mixer's residual and `post_attention_layernorm` the FFN's)."""
 
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -30,6 +32,7 @@ class LlmArchBlock(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
         self.residual_multiplier = config.residual_multiplier
         self.residual_in_fp32 = config.residual_in_fp32
+        self.post_norm = config.norm_placement == "post"
 
     @property
     def mixer(self) -> nn.Module:
@@ -48,25 +51,30 @@ class LlmArchBlock(GradientCheckpointingLayer):
             kwargs["sequence_starts"] = sequence_starts
             if self.mask_type != "linear_attention":  # a par() layer: the 4D mask is its attention's
                 kwargs["token_mask"] = token_mask
-        normed = self.input_layernorm(self._norm_input(hidden_states, self.input_layernorm))
-        hidden_states, _ = self.mixer(normed, attention_mask=attention_mask, **kwargs)
+        mixer_input = hidden_states if self.post_norm else self._pre_norm(hidden_states, self.input_layernorm)
+        hidden_states, _ = self.mixer(mixer_input, attention_mask=attention_mask, **kwargs)
         hidden_states = residual + self._branch(hidden_states)
+        if self.post_norm:
+            hidden_states = self.input_layernorm(hidden_states)
         aux_loss = None
         if self.ffn_type == "none":
             return hidden_states, aux_loss
         residual = hidden_states
-        hidden_states = self.post_attention_layernorm(self._norm_input(hidden_states, self.post_attention_layernorm))
+        if not self.post_norm:
+            hidden_states = self._pre_norm(hidden_states, self.post_attention_layernorm)
         if self.ffn_type == "moe":
             hidden_states, aux_loss = self.mlp(hidden_states, token_mask, sequence_starts)
         elif self.ffn_type == "rwkv_cmix":  # token-shifted: its state sits in the layer's cache
             hidden_states = self.mlp(hidden_states, kwargs.get("cache"), token_mask, sequence_starts)
         else:
             hidden_states = self.mlp(hidden_states)
-        return residual + self._branch(hidden_states), aux_loss
+        hidden_states = residual + self._branch(hidden_states)
+        return (self.post_attention_layernorm(hidden_states) if self.post_norm else hidden_states), aux_loss
 
-    def _norm_input(self, hidden_states, norm):
-        """An fp32 residual stream (residual_in_fp32) enters a norm in the norm's dtype, as Mamba's does."""
-        return hidden_states.to(norm.weight.dtype) if self.residual_in_fp32 else hidden_states
+    def _pre_norm(self, hidden_states, norm):
+        """A branch's normed input; an fp32 residual stream (residual_in_fp32) enters the norm in the
+        norm's dtype, as Mamba's does."""
+        return norm(hidden_states.to(norm.weight.dtype) if self.residual_in_fp32 else hidden_states)
 
     def _branch(self, hidden_states):
         """A branch's output before it joins the residual: scaled (muP) and dropped out."""

@@ -3,7 +3,8 @@ a selection bias, group-limited routing, shared experts) after `first_k_dense` d
 `(mla/mlp)x3 (mla/moe)x58` for DeepSeek-V3."""
 
 from ..configuration import LlmArchConfig
-from .modeling import LlmArchForCausalLM, LlmArchForSequenceClassification, LlmArchModel
+from .causal_lm import LlmArchForCausalLM, LlmArchForSequenceClassification
+from .modeling import LlmArchModel
 
 
 class LlmArchDeepseekConfig(LlmArchConfig):

@@ -3,7 +3,8 @@ LLaMA / Mistral / Qwen style (RoPE, SwiGLU, RMSNorm, GQA, sliding window, QK-nor
 Which one is a matter of config fields; see the presets in configs/."""
 
 from ..configuration import LlmArchConfig
-from .modeling import LlmArchForCausalLM, LlmArchForSequenceClassification, LlmArchModel
+from .causal_lm import LlmArchForCausalLM, LlmArchForSequenceClassification
+from .modeling import LlmArchModel
 
 
 class LlmArchDenseConfig(LlmArchConfig):

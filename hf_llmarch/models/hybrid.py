@@ -2,7 +2,8 @@
 with dense or MoE FFNs, e.g. `(retention/moe attn/mlp)x2`."""
 
 from ..configuration import LlmArchConfig
-from .modeling import LlmArchForCausalLM, LlmArchForSequenceClassification, LlmArchModel
+from .causal_lm import LlmArchForCausalLM, LlmArchForSequenceClassification
+from .modeling import LlmArchModel
 
 
 class LlmArchHybridConfig(LlmArchConfig):

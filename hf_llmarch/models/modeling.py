@@ -1,23 +1,21 @@
-"""The configurable backbone and its task heads, shared by every family.
+"""The configurable backbone every family shares (its heads are in `causal_lm.py` and `encoder.py`).
 
 A family only subclasses these with its own config class (see `dense.py`, `hybrid.py`); the
-stack itself is whatever `config.mixer_types` / `config.ffn_types` say.
+stack itself is whatever `config.mixer_types` / `config.ffn_types` say, and the topology (mask
+kind, norm placement, embedding extras) whatever the fields in `hf_llmarch/topology.py` say.
 """
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-from transformers.modeling_layers import GenericForSequenceClassification
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .. import compat
@@ -27,34 +25,18 @@ from ..mixers.registry import MASK_OF_LAYER_TYPE, STATEFUL_LAYER_TYPES
 from ..modules.moe import MoEExperts
 from ..modules.norms import build_norm
 from ..modules.rotary import LlmArchRotaryEmbedding
+from ..topology import check_attention_implementation, shared_block_of_layer
 from .block import LlmArchBlock
-from .mtp import LlmArchMTP
+from .masks import build_attention_masks, layer_mask_types
 
 logger = logging.getLogger("hf_llmarch")
 _logged_attention = set()
-
-MASK_BUILDERS = {
-    "full_attention": create_causal_mask,
-    "sliding_attention": create_sliding_window_causal_mask,
-    # Sparse (DSA) layers narrow a real mask, so sdpa's "None means causal" shortcut is off for them.
-    compat.INDEXED_ATTENTION_LAYER_TYPE: partial(create_causal_mask, allow_is_causal_skip=False),
-}
-
 
 @dataclass
 class LlmArchModelOutput(BaseModelOutputWithPast):
     """`aux_loss`: the weighted sum of the routers' load-balancing and z-losses (None without MoE)."""
 
     aux_loss: torch.FloatTensor | None = None
-
-
-@dataclass
-class LlmArchCausalLMOutput(CausalLMOutputWithPast):
-    """`loss` already includes `aux_loss` and `mtp_loss_weight * mtp_loss` (the multi-token-prediction
-    loss, with `num_nextn_predict_layers` > 0) when labels are given."""
-
-    aux_loss: torch.FloatTensor | None = None
-    mtp_loss: torch.FloatTensor | None = None
 
 
 class LlmArchPreTrainedModel(PreTrainedModel):
@@ -101,14 +83,26 @@ class LlmArchModel(LlmArchPreTrainedModel):
     def __init__(self, config: LlmArchConfig):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        embed_dim = config.embedding_size or config.hidden_size  # ALBERT/ELECTRA embed narrower than the stack
+        self.embed_tokens = nn.Embedding(config.vocab_size, embed_dim, self.padding_idx)
         if config.position_embedding_type == "learned":
-            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, embed_dim)
+        if config.type_vocab_size:
+            self.embed_token_types = nn.Embedding(config.type_vocab_size, embed_dim)
         if config.embedding_norm:
-            self.embed_norm = build_norm(config)
+            self.embed_norm = build_norm(config, embed_dim)
         self.embed_dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
-        self.layers = nn.ModuleList(LlmArchBlock(config, i) for i in range(config.num_hidden_layers))
-        self.norm = build_norm(config)
+        if embed_dim != config.hidden_size:
+            self.embed_proj = nn.Linear(embed_dim, config.hidden_size)
+        # Layer i runs block block_of_layer[i]: the identity, or ALBERT's shared blocks.
+        self.block_of_layer = shared_block_of_layer(config)
+        first_layer_of_block = sorted({b: i for i, b in reversed(list(enumerate(self.block_of_layer)))}.items())
+        self.layers = nn.ModuleList(LlmArchBlock(config, i) for _, i in first_layer_of_block)
+        if config.norm_placement == "pre":  # post-norm blocks end normed
+            self.norm = build_norm(config)
+        self.position_offset = config.position_offset
+        self.is_prefix_lm = config.attention_mask_kind == "prefix"
+        self.is_encoder = config.attention_mask_kind == "bidirectional"
         if config.position_embedding_type == "rope":
             self.rotary_emb = LlmArchRotaryEmbedding(config)
         self.gradient_checkpointing = False
@@ -123,6 +117,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         self.shares_across_layers = "rwkv7" in config.mixer_types  # RWKV-7's value residual
         self.post_init()
         _log_attention_path(config)
+        check_attention_implementation(config)
 
     @merge_with_config_defaults
     @capture_outputs
@@ -135,9 +130,15 @@ class LlmArchModel(LlmArchPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> LlmArchModelOutput:
-        """`cache` and `past_key_values` are the same argument (transformers 5.24 renamed it)."""
+        """`cache` and `past_key_values` are the same argument (transformers 5.24 renamed it).
+
+        `token_type_ids` [B, T]: segment ids (BERT), with `type_vocab_size` > 0. `prefix_mask` [B, T]
+        bool: the tokens of this chunk that form the prefix, for `attention_mask_kind='prefix'`
+        (None: no prefix, the chunk is causal)."""
         compat.check_forward_kwargs(type(self).__name__, kwargs)
         cache = compat.resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
@@ -151,6 +152,10 @@ class LlmArchModel(LlmArchPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         # Packed rows (padding-free batches) are told by position_ids restarting, as in transformers.
         sequence_starts = self._sequence_starts(position_ids, attention_mask, cache, inputs_embeds.shape[0])
+        if self.is_encoder:  # every token sees every other: there is nothing to decode from a cache
+            if cache is not None:
+                raise ValueError("attention_mask_kind='bidirectional' (an encoder) takes no cache: call it on the whole sequence")
+            use_cache = False
         fresh_cache = use_cache and cache is None
         if fresh_cache:
             cache = DynamicCache(config=self.config)
@@ -163,23 +168,19 @@ class LlmArchModel(LlmArchPreTrainedModel):
         hidden_states = inputs_embeds
         if self.embedding_multiplier != 1.0:
             hidden_states = hidden_states * self.embedding_multiplier
-        if hasattr(self, "embed_positions"):
-            hidden_states = hidden_states + self.embed_positions(position_ids)
-        if hasattr(self, "embed_norm"):
-            hidden_states = self.embed_norm(hidden_states)
-        if self.embed_dropout is not None:
-            hidden_states = self.embed_dropout(hidden_states)
+        hidden_states = self._add_embeddings(hidden_states, position_ids, token_type_ids)
         # A cache made in this call is empty: building masks without it keeps transformers'
         # packed-sequence detection, which it skips whenever a cache is passed.
         mask_cache = None if fresh_cache else cache
-        masks = self._build_masks(attention_mask, hidden_states, mask_cache, position_ids)
+        masks = self._build_masks(attention_mask, hidden_states, mask_cache, position_ids, prefix_mask)
         token_mask = masks["linear_attention"]
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if hasattr(self, "rotary_emb") else None
 
         aux_losses = []
         if self.shares_across_layers:
             kwargs["shared_across_layers"] = {}
-        for layer in self.layers[: self.config.num_hidden_layers]:
+        for block_idx in self.block_of_layer:
+            layer = self.layers[block_idx]
             hidden_states, aux = layer(
                 hidden_states,
                 attention_mask=masks[layer.mask_type],
@@ -194,22 +195,50 @@ class LlmArchModel(LlmArchPreTrainedModel):
             if aux is not None:
                 aux_losses.append(aux)
         aux_loss = torch.stack(aux_losses).mean() if aux_losses else None
-        hidden_states = self.norm(hidden_states)
+        if hasattr(self, "norm"):
+            hidden_states = self.norm(hidden_states)
         if self.residual_in_fp32:  # the fp32 stream leaves in the model dtype, for the heads
-            hidden_states = hidden_states.to(self.norm.weight.dtype)
+            hidden_states = hidden_states.to(self.embed_tokens.weight.dtype)
         return LlmArchModelOutput(last_hidden_state=hidden_states, aux_loss=aux_loss, **compat.cache_kwargs(cache))
 
-    def _build_masks(self, attention_mask, hidden_states, cache, position_ids) -> dict:
+    def _add_embeddings(self, hidden_states, position_ids, token_type_ids) -> torch.Tensor:
+        """Token embeddings [B, T, E] plus positions and token types, normed, dropped out and lifted
+        to hidden_size, in BERT's order."""
+        if hasattr(self, "embed_positions"):
+            offset = self.position_offset
+            hidden_states = hidden_states + self.embed_positions(position_ids + offset if offset else position_ids)
+        if hasattr(self, "embed_token_types"):
+            if token_type_ids is None:  # BERT's default: every token in segment 0
+                token_type_ids = torch.zeros(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
+            hidden_states = hidden_states + self.embed_token_types(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids were passed but type_vocab_size=0: this model has no token-type embeddings")
+        if hasattr(self, "embed_norm"):
+            hidden_states = self.embed_norm(hidden_states)
+        if self.embed_dropout is not None:
+            hidden_states = self.embed_dropout(hidden_states)
+        return self.embed_proj(hidden_states) if hasattr(self, "embed_proj") else hidden_states
+
+    def _build_masks(self, attention_mask, hidden_states, cache, position_ids, prefix_mask=None) -> dict:
         """One mask per kind of attention present (keyed as MASK_OF_LAYER_TYPE names them): 4D (or
         None), and a [B, T] bool token mask (or None when nothing is padded) for recurrent mixers and
         the MoE router statistics."""
         seq_len = hidden_states.shape[1]
+        if prefix_mask is not None and not self.is_prefix_lm:
+            raise ValueError(
+                f"prefix_mask was passed but attention_mask_kind={self.config.attention_mask_kind!r}: "
+                "set attention_mask_kind='prefix' for a prefix LM"
+            )
+        if prefix_mask is not None:
+            check_attention_implementation(self.config)
         if isinstance(attention_mask, dict):  # generate() prebuilds them per layer type for static caches
             token_mask = attention_mask.get("linear_attention")
             token_mask = self._token_mask(token_mask, seq_len) if isinstance(token_mask, torch.Tensor) else None
             return {**attention_mask, "linear_attention": token_mask}
         masks = {"linear_attention": self._token_mask(attention_mask, seq_len)}
-        return masks | build_attention_masks(self.config, self.mask_types, hidden_states, attention_mask, position_ids, cache)
+        return masks | build_attention_masks(
+            self.config, self.mask_types, hidden_states, attention_mask, position_ids, cache, prefix_mask
+        )
 
     def _sequence_starts(self, position_ids, attention_mask, cache, batch: int) -> torch.Tensor | None:
         """[B, T] bool, True where position_ids do not continue the previous token: the starts of
@@ -256,29 +285,6 @@ class LlmArchModel(LlmArchPreTrainedModel):
         return getattr(cache, "llmarch_seen_tokens", 0)
 
 
-def layer_mask_types(config) -> list[str]:
-    """Per layer, the backbone's mask its mixer reads (MASK_OF_LAYER_TYPE of its layer type)."""
-    return [MASK_OF_LAYER_TYPE[t] for t in config.layer_types]
-
-
-def build_attention_masks(config, mask_types: list[str], inputs_embeds, attention_mask, position_ids, cache) -> dict:
-    """{mask kind: 4D mask or None} for each kind of attention the stack holds (a par() layer's
-    attention included), each built against the cache layer of the first layer that reads it;
-    `mask_types` is `layer_mask_types(config)`, which the backbone reads once, not per forward."""
-    return {
-        mask_type: builder(
-            config=config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **compat.cache_kwargs(cache),
-            layer_idx=mask_types.index(mask_type),  # 5.17 picks a wrong default in hybrids
-        )
-        for mask_type, builder in MASK_BUILDERS.items()
-        if mask_type in mask_types
-    }
-
-
 def _log_attention_path(config):
     impl = config._attn_implementation
     if impl not in _logged_attention and any(MASK_OF_LAYER_TYPE[t] != "linear_attention" for t in config.layer_types):
@@ -294,98 +300,3 @@ def _advance_seen_tokens(cache: Cache | None, seq_len: int, device: torch.device
     if getattr(cache, "llmarch_seen_tokens", None) is None:
         cache.llmarch_seen_tokens = torch.zeros((), dtype=torch.long, device=device)
     cache.llmarch_seen_tokens.add_(seq_len)
-
-
-class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-    _tp_plan = {"lm_head": "colwise_gather_output"}
-    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
-    base_model_class = LlmArchModel
-
-    def __init__(self, config: LlmArchConfig):
-        super().__init__(config)
-        self.model = self.base_model_class(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.logits_scaling = config.logits_scaling
-        # A recurrent state cannot be rolled back to a rejected draft token, so generate() must
-        # refuse assisted and prompt-lookup decoding for stacks that hold one.
-        self._is_stateful = any(t in STATEFUL_LAYER_TYPES for t in config.layer_types)
-        if config.num_nextn_predict_layers:
-            self.mtp = LlmArchMTP(config)
-        self.post_init()
-
-    @staticmethod
-    def create_masks_for_generate(
-        config, inputs_embeds, attention_mask, cache=None, past_key_values=None, position_ids=None, **kwargs
-    ):
-        """The masks generate() prebuilds for a static cache, as the backbone builds them. transformers'
-        default builds the sliding mask of a par(swa, ...) layer (`hybrid_sliding`) with the full-causal
-        builder (5.17 to 5.24), which no longer fits the layer's window once the prompt outgrows it."""
-        cache = compat.resolve_cache(cache, past_key_values)
-        masks = build_attention_masks(config, layer_mask_types(config), inputs_embeds, attention_mask, position_ids, cache)
-        # The recurrent layers' padding mask; never in a one-token decode step, so compiled decode sees no growing mask.
-        masks["linear_attention"] = attention_mask if inputs_embeds.shape[1] > 1 else None
-        return masks
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        compat.prepare_generation_cache(model_kwargs, recurrent_only=self.model.first_attention_layer is None)
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        past_key_values: Cache | None = None,
-        **kwargs,
-    ) -> LlmArchCausalLMOutput:
-        """`cache` and `past_key_values` are the same argument (transformers 5.24 renamed it); the
-        output carries the cache under the installed release's field (`cache` from 5.24 on)."""
-        outputs: LlmArchModelOutput = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=compat.resolve_cache(cache, past_key_values),
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.logits(outputs.last_hidden_state[:, keep, :])
-        loss = mtp_loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-            if outputs.aux_loss is not None:
-                loss = loss + outputs.aux_loss.to(loss.device)
-            if hasattr(self, "mtp"):
-                mtp_loss, mtp_aux = self.mtp.loss(
-                    self, outputs.last_hidden_state, input_ids, inputs_embeds, labels, attention_mask, position_ids
-                )
-                if mtp_loss is not None:
-                    loss = loss + self.config.mtp_loss_weight * (mtp_loss + (0 if mtp_aux is None else mtp_aux))
-        return LlmArchCausalLMOutput(
-            loss=loss,
-            aux_loss=outputs.aux_loss,
-            mtp_loss=mtp_loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            **compat.cache_kwargs(compat.output_cache(outputs)),
-        )
-
-
-    def logits(self, hidden_states) -> torch.Tensor:
-        """The LM head over [B, T, H] states, divided by `logits_scaling` (muP) when set."""
-        logits = self.lm_head(hidden_states)
-        return logits / self.logits_scaling if self.logits_scaling != 1.0 else logits
-
-
-class LlmArchForSequenceClassification(GenericForSequenceClassification, LlmArchPreTrainedModel):
-    pass

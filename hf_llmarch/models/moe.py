@@ -2,7 +2,8 @@
 dense and MoE layers through the layer pattern, e.g. `attn/mlp (attn/moe)x23` for first-k-dense."""
 
 from ..configuration import LlmArchConfig
-from .modeling import LlmArchForCausalLM, LlmArchForSequenceClassification, LlmArchModel
+from .causal_lm import LlmArchForCausalLM, LlmArchForSequenceClassification
+from .modeling import LlmArchModel
 
 
 class LlmArchMoeConfig(LlmArchConfig):

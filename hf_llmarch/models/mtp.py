@@ -75,7 +75,7 @@ class LlmArchMTP(nn.Module):
 
 def run_mtp_layer(lm, layer, hidden, attention_mask, position_ids, cache=None):
     """(h^k [B, n, H], aux) for h' [B, n, H]: the block with the stack's masks and rotary for these positions."""
-    from .modeling import MASK_BUILDERS
+    from .masks import MASK_BUILDERS
 
     mask = MASK_BUILDERS[layer.mask_type](
         config=lm.config, inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids,

@@ -2,7 +2,8 @@
 without an FFN by default as in Mamba (`(mamba)x24`); any pattern may add FFNs or attention."""
 
 from ..configuration import LlmArchConfig
-from .modeling import LlmArchForCausalLM, LlmArchForSequenceClassification, LlmArchModel
+from .causal_lm import LlmArchForCausalLM, LlmArchForSequenceClassification
+from .modeling import LlmArchModel
 
 
 class LlmArchSsmConfig(LlmArchConfig):

@@ -89,11 +89,18 @@ def test_both_names_at_once_is_an_error():
         model.model(_ids(), cache=cache, past_key_values=cache)
 
 
-@pytest.mark.parametrize("name", ["cache_params", "past_key_value", "cache_position", "token_type_ids"])
+@pytest.mark.parametrize("name", ["cache_params", "past_key_value", "cache_position"])
 def test_unread_arguments_are_refused_by_name(name):
     model = tiny_model("hybrid")
     with pytest.raises(TypeError, match=name):
         model(_ids(), **{name: torch.zeros(1)})
+
+
+@pytest.mark.parametrize(("name", "field"), [("token_type_ids", "type_vocab_size"), ("prefix_mask", "attention_mask_kind")])
+def test_topology_arguments_a_decoder_lacks_are_refused_by_field(name, field):
+    model = tiny_model("hybrid")
+    with pytest.raises(ValueError, match=field):
+        model(_ids(), **{name: torch.zeros_like(_ids())})
 
 
 def test_output_field_is_the_one_generate_reads():
