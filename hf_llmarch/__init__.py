@@ -6,6 +6,7 @@ targets; afterwards `AutoModelForCausalLM.from_pretrained(path)` loads our check
 
 import logging
 
+import transformers
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -14,7 +15,7 @@ from transformers import (
 )
 
 from .configuration import LlmArchConfig
-from .models import FAMILIES, LlmArchForCausalLM, LlmArchModel
+from .models import ENCODER_FAMILIES, FAMILIES, LlmArchForCausalLM, LlmArchModel
 from .models.deepseek import LlmArchDeepseekConfig, LlmArchDeepseekForCausalLM, LlmArchDeepseekModel
 from .models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM, LlmArchDenseModel
 from .models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM, LlmArchHybridModel
@@ -42,11 +43,15 @@ def _register():
         AutoModel.register(config_cls, base_cls, exist_ok=True)
         AutoModelForCausalLM.register(config_cls, lm_cls, exist_ok=True)
         AutoModelForSequenceClassification.register(config_cls, cls_cls, exist_ok=True)
+    for config_cls, heads in ENCODER_FAMILIES.values():
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        for auto_name, model_cls in heads.items():
+            getattr(transformers, auto_name).register(config_cls, model_cls, exist_ok=True)
     try:
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as lora_targets
     except ImportError:  # peft is optional at import time
         return
-    for config_cls, *_ in FAMILIES.values():
+    for config_cls, *_ in (*FAMILIES.values(), *ENCODER_FAMILIES.values()):
         lora_targets.setdefault(config_cls.model_type, list(DEFAULT_LORA_TARGETS))
 
 

@@ -119,10 +119,10 @@ def _native_equivalent(target: str, native) -> LlmArchConfig:
 
 
 def _cmd_list(args) -> int:
-    from .models import FAMILIES
+    from .models import ENCODER_FAMILIES, FAMILIES
 
     print("families:")
-    for name, (config_cls, *_) in FAMILIES.items():
+    for name, (config_cls, *_) in (FAMILIES | ENCODER_FAMILIES).items():
         print(f"  {name:<10} {config_cls.model_type}")
     print("presets:")
     presets = list_presets()
@@ -133,13 +133,15 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_init(args) -> int:
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import AutoModelForCausalLM, AutoModelForPreTraining, set_seed
 
     from .data import BYTE_VOCAB_SIZE, byte_tokenizer
 
     config = _preset_config(args.preset, _parse_overrides(args.set))
     set_seed(args.seed)
-    model = AutoModelForCausalLM.from_config(config)
+    # Encoders have no causal LM: they start as their pre-training model (MLM, plus NSP/SOP).
+    auto_class = AutoModelForPreTraining if config.attention_mask_kind == "bidirectional" else AutoModelForCausalLM
+    model = auto_class.from_config(config)
     model.save_pretrained(args.out)
     byte_tokenizer().save_pretrained(args.out)
     if config.vocab_size < BYTE_VOCAB_SIZE:

@@ -368,3 +368,165 @@ def test_mtp_modules_count_in_total_not_active(depth):
     counted, base = count_parameters(with_mtp.config), count_parameters(plain.config)
     assert counted["total"] == with_mtp.num_parameters() == base["total"] + counted["mtp"]
     assert counted["active"] == base["active"] and counted["mtp"] > 0
+
+
+# Each encoder preset's published config.json, in the native config class's field names.
+PUBLISHED_ENCODERS = {
+    "bert-base": ("BertConfig", dict(
+        vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0,
+    )),
+    "roberta-base": ("RobertaConfig", dict(
+        vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        hidden_act="gelu", max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2,
+    )),
+    "albert-base-v2": ("AlbertConfig", dict(
+        vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, hidden_act="gelu_new", max_position_embeddings=512, type_vocab_size=2,
+        layer_norm_eps=1e-12, pad_token_id=0, bos_token_id=2, eos_token_id=3, num_hidden_groups=1,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )),
+    "electra-small": ("ElectraConfig", dict(
+        vocab_size=30522, embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
+        intermediate_size=1024, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
+        pad_token_id=0,
+    )),
+}
+# Native field -> ours, for the fields a preset must copy from its checkpoint.
+NATIVE_FIELD_NAMES = {
+    "vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
+    "num_attention_heads": "num_attention_heads", "intermediate_size": "intermediate_size", "hidden_act": "hidden_act",
+    "max_position_embeddings": "max_position_embeddings", "type_vocab_size": "type_vocab_size",
+    "layer_norm_eps": "norm_eps", "pad_token_id": "pad_token_id", "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id", "embedding_size": "embedding_size", "num_hidden_groups": "num_layer_groups",
+    "hidden_dropout_prob": "hidden_dropout", "attention_probs_dropout_prob": "attention_dropout",
+}
+
+
+def _on_meta(build):
+    """A weightless model, tied as a loaded one is (no_init_weights also skips tying)."""
+    from transformers.initialization import no_init_weights
+
+    with torch.device("meta"), no_init_weights():
+        model = build()
+    model.tie_weights()
+    return model
+
+
+def _unique_numel(model) -> int:
+    return sum(p.numel() for _, p in model.named_parameters(remove_duplicate=True))  # tied weights once
+
+
+def _native_config(preset: str):
+    import transformers
+
+    config_cls, fields = PUBLISHED_ENCODERS[preset]
+    return getattr(transformers, config_cls)(**fields)
+
+
+@pytest.mark.parametrize("preset", list(PUBLISHED_ENCODERS))
+def test_encoder_presets_match_the_published_configs(preset):
+    ours, (_, native) = hf_llmarch.load_preset(preset), PUBLISHED_ENCODERS[preset]
+    for native_name, value in native.items():
+        assert getattr(ours, NATIVE_FIELD_NAMES[native_name]) == value, native_name
+
+
+@pytest.mark.parametrize(
+    "preset,native_cls,total",
+    [
+        ("bert-base", "BertForPreTraining", 110_106_428),  # published: 110M
+        ("roberta-base", "RobertaForMaskedLM", 124_697_433),  # published: 125M; no NSP, so no pooler either
+        ("albert-base-v2", "AlbertForPreTraining", 11_813_810),  # published: 12M (one shared block)
+        # AutoModelForPreTraining gives an ELECTRA-shaped config the MLM head (ElectraForMaskedLM's
+        # generator head on the discriminator's stack); the discriminator is checked below.
+        ("electra-small", "ElectraForMaskedLM", 13_546_682),
+    ],
+)
+def test_encoder_presets_match_our_model_and_the_native_one(preset, native_cls, total):
+    import transformers
+    from transformers import AutoModelForPreTraining
+
+    config = hf_llmarch.load_preset(preset)
+    ours = _on_meta(lambda: AutoModelForPreTraining.from_config(config))
+    native = _on_meta(lambda: getattr(transformers, native_cls)(_native_config(preset)))
+    counted = count_parameters(config)
+    assert counted["total"] == counted["active"] == _unique_numel(ours) == _unique_numel(native) == total
+    assert counted["counted_model"].startswith("AutoModelForPreTraining")
+
+
+def test_electra_discriminator_swaps_the_mlm_head_for_the_token_scorer():
+    """ELECTRA's pre-training model in transformers is the discriminator: the same encoder with a
+    dense H -> H and a 1-logit projection per token instead of the MLM head and vocab bias."""
+    from transformers import ElectraForPreTraining
+
+    from hf_llmarch.models import LlmArchEncoderForReplacedTokenDetection
+
+    config = hf_llmarch.load_preset("electra-small")
+    counted, h = count_parameters(config), config.hidden_size
+    discriminator = counted["total"] - counted["heads"]["mlm_head"] - counted["lm_head"] + (h * h + h) + (h + 1)
+    ours = _on_meta(lambda: LlmArchEncoderForReplacedTokenDetection(config))
+    native = _on_meta(lambda: ElectraForPreTraining(_native_config("electra-small")))
+    assert discriminator == _unique_numel(ours) == _unique_numel(native) == 13_549_057  # published: 14M
+
+
+@pytest.mark.parametrize("preset", ["bert-tiny", "roberta-tiny", "albert-tiny", "electra-tiny"])
+def test_tiny_encoder_presets_count_by_module(preset):
+    """Real (CPU) models: the total, and each head's figure against the module of that name."""
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+
+    config = hf_llmarch.load_preset(preset)
+    model = AutoModelForPreTraining.from_config(config)
+    counted = count_parameters(config)
+    assert counted["total"] == model.num_parameters()
+    modules = {
+        "pooler": getattr(model.model, "pooler", None),
+        "mlm_head": model.mlm_head,
+        "pair_classifier": getattr(model, "pair_classifier", None),
+    }
+    for name, module in modules.items():
+        assert counted["heads"][name] == (0 if module is None else sum(p.numel() for p in module.parameters())), name
+    embeddings = (p.numel() for n, p in model.model.named_parameters() if n.startswith("embed_") and "norm" not in n)
+    assert counted["embeddings"] == sum(embeddings)  # tables E wide, and embed_proj when E != hidden
+    pair_parts = counted["heads"]["pooler"] + counted["heads"]["pair_classifier"]
+    assert AutoModelForMaskedLM.from_config(config).num_parameters() == counted["total"] - pair_parts
+
+
+def test_shared_layers_count_once_in_parameters_and_every_time_in_flops():
+    """ALBERT stores one block but runs it 12 times: FLOPs count every run, and the E-wide input
+    projection, the MLM transform and the vocab x E output projection."""
+    config = hf_llmarch.load_preset("albert-base-v2")
+    h, inner, e, v = 768, 3072, 128, 30000
+    block = 4 * h * h + 2 * h * inner
+    assert count_parameters(config)["mixers"]["attn"] == 4 * h * h + 4 * h  # one stored block, with biases
+    assert flops_per_token(config, 16)["matmul_params"] == 12 * block + e * h + h * e + v * e
+
+
+def test_decoder_with_encoder_style_embeddings_matches_real_model():
+    """The topology fields on a causal decoder: post-norm (no final norm), token types, an offset
+    learned position table, E-wide embeddings lifted by embed_proj and an untied LM head."""
+    config = LlmArchDenseConfig(
+        **TINY, layer_pattern="(attn/mlp)x2", norm_placement="post", norm_type="layernorm", type_vocab_size=3,
+        embedding_size=16, embedding_norm=True, position_embedding_type="learned", max_position_embeddings=40,
+        position_offset=2, tie_word_embeddings=False,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    assert not hasattr(model.model, "norm")
+    assert count_parameters(config)["total"] == model.num_parameters()
+
+
+def test_encoders_hold_no_cache():
+    cache = cache_bytes_per_token(hf_llmarch.load_preset("bert-base"), 512)
+    assert cache["cached"] is False and cache["total_bytes"] == cache["bytes_per_token"] == 0
+    assert cache["by_layer_type"] == {} and cache_bytes_per_token(CONFIGS["llama-tiny"], 8)["cached"]
+
+
+def test_info_bert_base_prints_the_count_and_no_cache(capsys):
+    from hf_llmarch.cli import main
+
+    assert main(["info", "bert-base"]) == 0
+    out = capsys.readouterr().out
+    assert "110,106,428" in out and "AutoModelForPreTraining" in out and "no cache (encoder)" in out
+    assert main(["info", "albert-base-v2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parameters"]["total"] == 11_813_810 and summary["cache"]["bytes_per_token"] == 0

@@ -4,10 +4,22 @@ import copy
 
 import torch
 
+from ..models.encoder import LlmArchEncoderConfig
 from ..pattern import parallel_parts
+from ..topology import shared_block_of_layer
 
 from .basics import Params, add, linear
 from .recurrent import FIRST_LAYER_WITHOUT, HISTORY_ELEMENTS_PER_TOKEN, RECURRENT_MIXER_PARAMS
+
+
+def is_encoder(config) -> bool:
+    """An encoder-family config: its heads are the pre-training model's, not a causal LM head."""
+    return config.model_type == LlmArchEncoderConfig.model_type
+
+
+def embedding_width(config) -> int:
+    """E: the width tokens embed in (ALBERT/ELECTRA's factorised embeddings), else hidden_size."""
+    return config.embedding_size or config.hidden_size
 
 
 def _norm_params(config, dim: int | None = None) -> int:
@@ -132,14 +144,23 @@ def _channel_mix_params(config, mixer: str) -> Params:
     return add(linear(h, inner), linear(h, h), linear(inner, h), (0, 2 * h))
 
 
-def layer_counts(config) -> dict:
-    """Parameter counts of the decoder stack, split by component, with matmul/other kept apart."""
+def _stored_layers(config) -> list[int]:
+    """The first layer of each distinct block: ALBERT's shared layers store num_layer_groups blocks."""
+    return sorted({block: i for i, block in reversed(list(enumerate(shared_block_of_layer(config))))}.values())
+
+
+def layer_counts(config, stored: bool = False) -> dict:
+    """Parameter counts of the stack, split by component, with matmul/other kept apart.
+
+    By default every layer that runs counts (FLOPs); `stored` counts each shared block once
+    (parameters). `norms` are the layers' own norms, not the final or embedding norm."""
     h, e, k = config.hidden_size, config.num_experts, config.num_experts_per_tok
     per_expert = 3 * h * config.moe_intermediate_size  # gate_up [2I, H] + down [H, I]
     mixers: dict[str, Params] = {}
     dense = experts = experts_active = router = shared_experts = (0, 0)
-    norms = _norm_params(config) * (2 if config.embedding_norm else 1)  # final norm, embedding norm
-    for mixer, ffn in zip(config.mixer_types, config.ffn_types):
+    norms = 0
+    for i in _stored_layers(config) if stored else range(len(config.mixer_types)):
+        mixer, ffn = config.mixer_types[i], config.ffn_types[i]
         mixers[mixer] = add(mixers.get(mixer, (0, 0)), _mixer_params(config, mixer))
         norms += _norm_params(config)  # input_layernorm
         if ffn == "none":
@@ -168,25 +189,83 @@ def layer_counts(config) -> dict:
     }
 
 
-def count_parameters(config) -> dict:
-    """Total and active parameters of the causal LM that `config` builds, and where they sit.
+def _embedding_params(config) -> int:
+    """Token, learned-position and token-type tables, E wide, and embed_proj lifting E to hidden_size."""
+    width, rows = embedding_width(config), config.vocab_size + config.type_vocab_size
+    if config.position_embedding_type == "learned":
+        rows += config.max_position_embeddings  # position_offset indexes into this table, it adds no rows
+    lift = sum(linear(width, config.hidden_size, True)) if width != config.hidden_size else 0
+    return rows * width + lift
 
-    `total` equals `sum(p.numel() for p in model.parameters())` (tied weights once).
+
+def _outer_norm_params(config) -> int:
+    """The embedding norm (E wide) and the final norm, which post-norm stacks lack (their blocks end normed)."""
+    embed = _norm_params(config, embedding_width(config)) if config.embedding_norm else 0
+    return embed + (_norm_params(config) if config.norm_placement == "pre" else 0)
+
+
+def _lm_head_params(config) -> int:
+    """The vocabulary projection's own parameters: its weight when untied, and an encoder's bias."""
+    if is_encoder(config):
+        return config.vocab_size * (1 + (0 if config.tie_word_embeddings else embedding_width(config)))
+    return 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
+
+
+def _encoder_head_params(config) -> dict[str, int]:
+    """What AutoModelForPreTraining adds to an encoder: the MLM transform (dense H -> E and an
+    nn.LayerNorm E, whatever norm_type) and, with a pair_task (NSP/SOP), the pooler it reads and the
+    2-way pair classifier. Without a pair_task (RoBERTa) the encoder is built without its pooler."""
+    if not is_encoder(config):
+        return {}
+    h, width, pair = config.hidden_size, embedding_width(config), config.pair_task is not None
+    return {
+        "pooler": sum(linear(h, h, True)) if pair else 0,
+        "mlm_head": sum(linear(h, width, True)) + 2 * width,
+        "pair_classifier": sum(linear(h, 2, True)) if pair else 0,
+    }
+
+
+def counted_model(config) -> str:
+    """The model whose parameters `count_parameters` counts."""
+    if not is_encoder(config):
+        return "AutoModelForCausalLM"
+    pair = f" + pooler + {config.pair_task.upper()} head" if config.pair_task else ""
+    return f"AutoModelForPreTraining (encoder + MLM head{pair})"
+
+
+def io_matmul_params(config) -> int:
+    """Matmul weights per token outside the stack: embed_proj, and the vocabulary projection (a
+    matmul even when tied) behind an encoder's MLM transform. The pooler and pair classifier run
+    once per sequence, not per token, and are left out."""
+    width = embedding_width(config)
+    lift = width * config.hidden_size if width != config.hidden_size else 0
+    if is_encoder(config):
+        return lift + config.hidden_size * width + config.vocab_size * width
+    return lift + config.vocab_size * config.hidden_size
+
+
+def count_parameters(config) -> dict:
+    """Total and active parameters of the model `counted_model(config)` names, and where they sit.
+
+    For decoders that is the causal LM; for encoders the pre-training model AutoModelForPreTraining
+    builds (MLM head, plus pooler and NSP/SOP classifier with a pair_task; ELECTRA-shaped configs
+    included: the discriminator's replaced-token head is not an Auto class). `heads` lists those.
+    `total` equals `sum(p.numel() for p in model.parameters())` (tied weights once; ALBERT's shared
+    blocks once: num_layer_groups of them, not num_hidden_layers).
     `active` is what one token touches: every parameter except the routed experts it is not sent
     to (num_experts_per_tok of num_experts count per MoE layer; the router and shared experts count fully). As is
     customary, the whole embedding table counts as active. Multi-token-prediction modules (`mtp`) count in
     `total` but not in `active`: decoding runs without them.
     """
-    layers = layer_counts(config)
-    embeddings = config.vocab_size * config.hidden_size
-    if config.position_embedding_type == "learned":
-        embeddings += config.max_position_embeddings * config.hidden_size
-    lm_head = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
+    layers = layer_counts(config, stored=True)
+    embeddings, lm_head, heads = _embedding_params(config), _lm_head_params(config), _encoder_head_params(config)
+    norms = layers["norms"] + _outer_norm_params(config)
     mixers = {name: sum(p) for name, p in layers["mixers"].items()}
     shared = embeddings + lm_head + sum(mixers.values()) + sum(layers["dense_ffn"]) + sum(layers["router"])
-    shared += sum(layers["moe_shared"]) + layers["norms"]
+    shared += sum(layers["moe_shared"]) + norms + sum(heads.values())
     mtp = _mtp_params(config)
     return {
+        "counted_model": counted_model(config),
         "total": shared + sum(layers["moe_experts"]) + mtp,
         "active": shared + sum(layers["moe_experts_active"]),
         "embeddings": embeddings,
@@ -197,20 +276,21 @@ def count_parameters(config) -> dict:
         "moe_experts_active": sum(layers["moe_experts_active"]),
         "moe_shared": sum(layers["moe_shared"]),
         "router": sum(layers["router"]),
-        "norms": layers["norms"],
+        "norms": norms,
+        "heads": heads,
         "mtp": mtp,
     }
 
 
 def _mtp_params(config) -> int:
     """The num_nextn_predict_layers MTP modules: each a layer of the stack's last kinds (all its experts),
-    its head norm, enorm and hnorm, and eh_proj [H, 2H]. Not `active`: the main model decodes without them."""
+    its enorm, hnorm and head norm, and eh_proj [H, 2H]. Not `active`: the main model decodes without them."""
     if not config.num_nextn_predict_layers:
         return 0
     last = copy.copy(config)
     last.mixer_types, last.ffn_types = config.mixer_types[-1:], config.ffn_types[-1:]
-    module = layer_counts(last)  # its `norms` count the layer's norms and one more: the head norm
+    module = layer_counts(last)
     per_module = sum(sum(part) for part in module["mixers"].values()) + module["norms"]
     per_module += sum(sum(module[key]) for key in ("dense_ffn", "moe_experts", "moe_shared", "router"))
-    per_module += 2 * _norm_params(config) + 2 * config.hidden_size * config.hidden_size
+    per_module += 3 * _norm_params(config) + 2 * config.hidden_size * config.hidden_size
     return config.num_nextn_predict_layers * per_module

@@ -41,7 +41,7 @@ def format_summary(summary: dict) -> str:
         ("model_type", summary["model_type"]),
         ("layer pattern", summary["layer_pattern"]),
         ("layers", ", ".join(f"{n} {t}" for t, n in summary["layer_types"].items())),
-        ("parameters", f"{_human(params['total'])} ({params['total']:,})"),
+        ("parameters", f"{_human(params['total'])} ({params['total']:,}) of {params['counted_model']}"),
         ("active parameters", f"{_human(params['active'])} ({params['active']:,})"),
         ("  embeddings / lm_head", f"{_human(params['embeddings'])} / {_human(params['lm_head'])}"),
         *((f"  mixer {name}", _human(n)) for name, n in params["mixers"].items()),
@@ -49,8 +49,18 @@ def format_summary(summary: dict) -> str:
         ("  MoE experts (active)", f"{_human(params['moe_experts'])} ({_human(params['moe_experts_active'])})"),
         *((("  MoE shared experts", _human(params["moe_shared"])),) if params["moe_shared"] else ()),
         ("  router / norms", f"{_human(params['router'])} / {_human(params['norms'])}"),
+        *((f"  {name.replace('_', ' ')}", _human(n)) for name, n in params["heads"].items() if n),
         *((("  MTP modules (not active)", _human(params["mtp"])),) if params["mtp"] else ()),
         (f"FLOPs/token @ {ctx}", f"{_human(flops['forward'])} forward, {_human(flops['training'])} training"),
+        *(_cache_rows(cache, ctx) if cache["cached"] else (("cache", "no cache (encoder)"),)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _cache_rows(cache: dict, ctx: int) -> list[tuple[str, str]]:
+    """The cache figures of a stack that keeps one (every decoder)."""
+    return [
         (f"cache @ {ctx} ({cache['dtype']})", f"{_human_bytes(cache['total_bytes'])} per sequence"),
         ("cache/token", f"{_human_bytes(cache['bytes_per_token'])} ({cache['bytes_per_token']:,.0f} B)"),
         *(
@@ -62,5 +72,3 @@ def format_summary(summary: dict) -> str:
             for t, e in cache["by_layer_type"].items()
         ),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -9,6 +9,7 @@ from .params import (
     INDEXER_FLOPS_PER_KEY,
     KV_ELEMENTS_PER_TOKEN,
     STATE_DTYPE,
+    io_matmul_params,
     layer_counts,
     layer_parts,
 )
@@ -27,8 +28,10 @@ def flops_per_token(config, context: int) -> dict:
         forward = 2 * M + sum_attention_layers n_kv(layer) * F_key + sum_recurrent S
 
     * M: active matmul weights, i.e. the weight matrices of every projection, FFN, router and the
-      active and shared experts, plus the LM head (vocab x hidden, a matmul even when tied). The embedding
-      lookup, biases and norm weights are not matmuls and are left out.
+      active and shared experts of every layer that runs (ALBERT's shared blocks once per layer), plus
+      the LM head (vocab x hidden, a matmul even when tied; an encoder's MLM transform and vocab x E
+      projection) and any embed_proj. The embedding lookup, biases and norm weights are not matmuls
+      and are left out.
     * n_kv: keys attended, `context` for full attention, min(context, sliding_window) for sliding
       layers; F_key: 4 * num_heads * head_dim (2 for q·k and 2 for weights·v per head dimension), for
       MLA 2 * num_heads * (qk_nope + qk_rope + v head dims); DSA attends to min(n_kv, index_topk) keys
@@ -41,7 +44,7 @@ def flops_per_token(config, context: int) -> dict:
         raise ValueError(f"context={context} must be a positive number of tokens")
     layers = layer_counts(config)
     matmul = sum(p[0] for p in layers["mixers"].values()) + layers["dense_ffn"][0]
-    matmul += layers["router"][0] + layers["moe_experts_active"][0] + layers["moe_shared"][0] + config.vocab_size * config.hidden_size
+    matmul += layers["router"][0] + layers["moe_experts_active"][0] + layers["moe_shared"][0] + io_matmul_params(config)
     attention = state = 0
     for mixer, layer_type in zip(config.mixer_types, config.layer_types):
         for part in layer_parts(mixer):
@@ -107,13 +110,16 @@ def cache_bytes_per_token(config, context: int, dtype: torch.dtype = torch.bfloa
       cache as full keys and values (num_heads * (qk_nope + qk_rope + v head dims) per layer).
 
     `bytes_per_token` figures are total / context. `constant_layers` lists the layers whose cache
-    no longer grows at this context (recurrent always, sliding once the window is full).
+    no longer grows at this context (recurrent always, sliding once the window is full). `cached` is
+    False for bidirectional stacks (encoders): every token attends to later ones, so nothing is kept
+    to decode with, and every figure is 0.
     """
     if context < 1:
         raise ValueError(f"context={context} must be a positive number of tokens")
+    cached = config.attention_mask_kind != "bidirectional"
     by_type: dict[str, dict] = {}
     constant_layers = []
-    for i, layer_type in enumerate(config.layer_types):
+    for i, layer_type in enumerate(config.layer_types if cached else ()):
         held, constant = _layer_cache_bytes(config, i, context, dtype)
         entry = by_type.setdefault(layer_type, {"layers": 0, "total_bytes": 0, "constant_in_context": True})
         entry["layers"] += 1
@@ -127,6 +133,7 @@ def cache_bytes_per_token(config, context: int, dtype: torch.dtype = torch.bfloa
     result = {
         "context": context,
         "dtype": str(dtype).removeprefix("torch."),
+        "cached": cached,
         "total_bytes": total,
         "bytes_per_token": total / context,
         "by_layer_type": by_type,

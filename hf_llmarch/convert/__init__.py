@@ -9,17 +9,23 @@ checks that every tensor is consumed and builds the target model. `save_from_hf`
 write directories.
 """
 
-import copy
 import logging
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
-from transformers.initialization import no_init_weights
 
 from ..models.causal_lm import LlmArchForCausalLM
-from . import deepseek, falcon, gpt2, granite, jamba, llama, moe, qwen3_next, rwkv, ssm
-from .checkpoint import CheckpointError, TensorSource, append_tensors, copy_sidecar_files, read_config_json
+from . import deepseek, encoders, falcon, gpt2, granite, jamba, llama, moe, qwen3_next, rwkv, ssm
+from .checkpoint import (
+    CheckpointError,
+    TensorSource,
+    append_tensors,
+    build_model,
+    copy_sidecar_files,
+    expected_shapes,
+    read_config_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +68,20 @@ def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchFor
     `LlmArchSsmForCausalLM` for mamba / mamba2, `LlmArchHybridForCausalLM` for jamba / granitemoehybrid /
     falcon_h1.
 
+    Encoders (bert / roberta / albert / electra) become the `llmarch_encoder` class of the same head
+    (`convert/encoders.py`).
+
     `dtype=None` keeps the dtype the weights are stored in."""
     native_config, src, attn = _open_native(path_or_model)
+    if native_config.model_type in encoders.SOURCES:
+        return encoders.from_hf(native_config, src, attn, _native_class_name(path_or_model, native_config), dtype)
     adapter = _adapter(native_config.model_type)
     config_cls, model_cls = adapter.OURS
     fields = adapter.config_from_hf(native_config)
     if hasattr(adapter, "fields_for_checkpoint"):  # settings only the tensors can tell (DeepSeek's MTP depth)
         fields = adapter.fields_for_checkpoint(fields, src)
     config = config_cls(**fields, converted_from=native_config.model_type)
-    expected = _expected_shapes(model_cls, config)
+    expected = expected_shapes(model_cls, config)
     head_shape = expected.pop(HEAD_KEY)
     state_dict = adapter.state_dict_from_hf(src, expected, config)
     _attach_head(src, state_dict, OUR_EMBED_KEY, config.tie_word_embeddings, head_shape, _native_head_key(adapter))
@@ -84,7 +95,10 @@ def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
     Qwen2ForCausalLM / Qwen3ForCausalLM / GPT2LMHeadModel / MixtralForCausalLM / Qwen2MoeForCausalLM / Qwen3MoeForCausalLM /
     MambaForCausalLM / Mamba2ForCausalLM / JambaForCausalLM / GraniteMoeHybridForCausalLM / FalconH1ForCausalLM. `target` defaults to the model type it was converted
     from, else to `infer_target`. Raises a ValueError naming the field the target cannot express."""
-    native, extra = _to_native(_load_ours(model_or_path), target)
+    model = _load_ours(model_or_path)
+    if encoders.is_ours(model):
+        return encoders.to_native(model, target)
+    native, extra = _to_native(model, target)
     if extra:  # tensors the native class has no module for (DeepSeek's MTP layers)
         raise ValueError(
             f"{type(native).__name__} has no module for {sorted(extra)[:3]} ...: save_to_hf writes them into the "
@@ -102,7 +116,7 @@ def _to_native(model, target: str | None) -> tuple[PreTrainedModel, dict]:
     adapter.check_expressible(config, target)
     native_config = adapter.config_to_hf(config, target)
     native_cls = adapter.NATIVE_CLASSES[target][1]
-    expected = _expected_shapes(native_cls, native_config)
+    expected = expected_shapes(native_cls, native_config)
     head_shape = expected.pop(_native_head_key(adapter))
     src = TensorSource.from_state_dict(model.state_dict(), f"the {type(model).__name__}")
     state_dict = adapter.state_dict_to_hf(src, expected, config)
@@ -166,7 +180,8 @@ def save_to_hf(src, out, target: str | None = None) -> Path:
     tensors the native class has no module for (DeepSeek's MTP layers) go into the checkpoint too,
     under the names the native family's own checkpoints use."""
     out = Path(out)
-    native, extra = _to_native(_load_ours(src), target)
+    model = _load_ours(src)
+    native, extra = (encoders.to_native(model, target), {}) if encoders.is_ours(model) else _to_native(model, target)
     native.save_pretrained(out)
     if extra:
         append_tensors(out, extra)
@@ -179,25 +194,54 @@ def _open_native(path_or_model):
     """(native config, its tensors, attention implementation to keep or None)."""
     if isinstance(path_or_model, PreTrainedModel):
         config = path_or_model.config
-        _adapter(config.model_type)
+        _check_convertible(config.model_type)
         origin = f"the in-memory {type(path_or_model).__name__}"
         return config, TensorSource.from_state_dict(path_or_model.state_dict(), origin), config._attn_implementation
     if not isinstance(path_or_model, (str, Path)):
         raise TypeError(f"expected a checkpoint directory or a PreTrainedModel, got {type(path_or_model).__name__}")
     # Check the type before AutoConfig, whose error for unknown types does not say what converts.
-    _adapter(read_config_json(path_or_model).get("model_type"))
+    _check_convertible(read_config_json(path_or_model).get("model_type"))
     return AutoConfig.from_pretrained(path_or_model), TensorSource.from_dir(path_or_model), None
 
 
-def _load_ours(model_or_path) -> LlmArchForCausalLM:
+def _check_convertible(model_type: str | None):
+    if model_type not in encoders.SOURCES:
+        _adapter(model_type)
+
+
+def _native_class_name(path_or_model, native_config) -> str:
+    """The native class the checkpoint was saved from: encoders convert head by head."""
+    if isinstance(path_or_model, PreTrainedModel):
+        return type(path_or_model).__name__
+    architectures = native_config.architectures or []
+    if len(architectures) != 1:
+        raise ValueError(
+            f"config.json of {path_or_model} lists architectures={architectures}: name exactly one native class "
+            "(e.g. BertForMaskedLM) so the matching head converts"
+        )
+    return architectures[0]
+
+
+def _load_ours(model_or_path):
     if isinstance(model_or_path, (str, Path)):
-        model_type = read_config_json(model_or_path).get("model_type")
+        config = read_config_json(model_or_path)
+        model_type = config.get("model_type")
         if not str(model_type).startswith("llmarch_"):
             raise ValueError(f"{model_or_path} holds model_type {model_type!r}, not an hf_llmarch model")
-        model_or_path = AutoModelForCausalLM.from_pretrained(model_or_path)
-    if not isinstance(model_or_path, LlmArchForCausalLM):
+        model_or_path = _our_class_from_json(config).from_pretrained(model_or_path)
+    if not isinstance(model_or_path, LlmArchForCausalLM) and not encoders.is_ours(model_or_path):
         raise ValueError(f"to_hf needs an hf_llmarch causal LM, got {type(model_or_path).__name__}")
     return model_or_path
+
+
+def _our_class_from_json(config: dict):
+    """Decoders load as causal LMs; an encoder as the head class its config.json names."""
+    if config.get("model_type") != "llmarch_encoder":
+        return AutoModelForCausalLM
+    import hf_llmarch.models as ours
+
+    names = config.get("architectures") or ["LlmArchEncoderModel"]
+    return getattr(ours.encoder_heads, names[0], None) or ours.encoder.LlmArchEncoderModel
 
 
 def _check_plain_stack(config, target: str, mixer_kinds: tuple[str, ...], ffn_kinds: tuple[str, ...]):
@@ -233,13 +277,6 @@ def _check_plain_stack(config, target: str, mixer_kinds: tuple[str, ...], ffn_ki
         logger.warning("hidden_dropout=%s has no counterpart in %s and is dropped", config.hidden_dropout, target)
 
 
-def _expected_shapes(model_cls, config) -> dict[str, tuple]:
-    """Every state-dict key the model has and its shape, from a weightless (meta) instance."""
-    with torch.device("meta"), no_init_weights():
-        model = model_cls(copy.deepcopy(config))
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
 def _native_head_key(adapter) -> str:
     """The output head's name in the native family (RWKV's is `head.weight`)."""
     return getattr(adapter, "NATIVE_HEAD_KEY", HEAD_KEY)
@@ -260,12 +297,5 @@ def _attach_head(src: TensorSource, state_dict: dict, embed_key: str, tied: bool
 
 
 def _build(model_cls, config, state_dict: dict, dtype, attn_implementation: str | None):
-    """Instantiate without random init (fast for big models) and load `state_dict` strictly."""
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    dtype = dtype or state_dict[HEAD_KEY].dtype
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    with no_init_weights():
-        model = model_cls._from_config(config, dtype=dtype, **kwargs)
-    model.load_state_dict(state_dict, strict=True)
-    model.tie_weights()
-    return model.eval()
+    return build_model(model_cls, config, state_dict, dtype or state_dict[HEAD_KEY].dtype, attn_implementation)

@@ -5,6 +5,7 @@ target needs, and at the end reports every tensor nobody asked for: a conversion
 whole checkpoint or fails with an error that names the key (or the file).
 """
 
+import copy
 import json
 import logging
 import pickle
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from transformers.initialization import no_init_weights
 
 SAFE_INDEX, SAFE_SINGLE = "model.safetensors.index.json", "model.safetensors"
 BIN_INDEX, BIN_SINGLE = "pytorch_model.bin.index.json", "pytorch_model.bin"
@@ -230,3 +232,20 @@ def append_tensors(out: Path, tensors: dict) -> None:
         return
     merged = load_file(out / SAFE_SINGLE) | tensors
     save_file(merged, out / SAFE_SINGLE, metadata={"format": "pt"})
+
+
+def expected_shapes(model_cls, config) -> dict[str, tuple]:
+    """Every state-dict key the model has and its shape, from a weightless (meta) instance."""
+    with torch.device("meta"), no_init_weights():
+        model = model_cls(copy.deepcopy(config))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def build_model(model_cls, config, state_dict: dict, dtype: torch.dtype, attn_implementation: str | None):
+    """Instantiate without random init (fast for big models) and load `state_dict` strictly."""
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with no_init_weights():
+        model = model_cls._from_config(config, dtype=dtype, **kwargs)
+    model.load_state_dict(state_dict, strict=True)
+    model.tie_weights()
+    return model.eval()

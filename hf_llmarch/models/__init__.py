@@ -11,12 +11,22 @@ from .hybrid import (
     LlmArchHybridForSequenceClassification,
     LlmArchHybridModel,
 )
+from .encoder import LlmArchEncoderConfig, LlmArchEncoderModel
+from .encoder_heads import (
+    LlmArchEncoderForMaskedLM,
+    LlmArchEncoderForMultipleChoice,
+    LlmArchEncoderForPreTraining,
+    LlmArchEncoderForQuestionAnswering,
+    LlmArchEncoderForReplacedTokenDetection,
+    LlmArchEncoderForSequenceClassification,
+    LlmArchEncoderForTokenClassification,
+)
 from .moe import LlmArchMoeConfig, LlmArchMoeForCausalLM, LlmArchMoeForSequenceClassification, LlmArchMoeModel
 from .causal_lm import LlmArchForCausalLM
 from .modeling import LlmArchModel, LlmArchPreTrainedModel
 from .ssm import LlmArchSsmConfig, LlmArchSsmForCausalLM, LlmArchSsmForSequenceClassification, LlmArchSsmModel
 
-# One row per family: (config, base model, causal LM, sequence classification).
+# One row per decoder family: (config, base model, causal LM, sequence classification).
 FAMILIES = {
     "dense": (LlmArchDenseConfig, LlmArchDenseModel, LlmArchDenseForCausalLM, LlmArchDenseForSequenceClassification),
     "hybrid": (LlmArchHybridConfig, LlmArchHybridModel, LlmArchHybridForCausalLM, LlmArchHybridForSequenceClassification),
@@ -27,4 +37,32 @@ FAMILIES = {
     ),
 }
 
-CONFIG_CLASSES = {row[0].model_type: row[0] for row in FAMILIES.values()}
+# Encoder families: config and the model class each transformers Auto class maps it to. ELECTRA's
+# discriminator, LlmArchEncoderForReplacedTokenDetection, has no Auto class: AutoModelForPreTraining
+# gives every encoder config the MLM (+ NSP/SOP) model; converting ElectraForPreTraining gives the
+# discriminator, and a saved one reloads by the class its config.json names.
+ENCODER_FAMILIES = {
+    "encoder": (
+        LlmArchEncoderConfig,
+        {
+            "AutoModel": LlmArchEncoderModel,
+            "AutoModelForMaskedLM": LlmArchEncoderForMaskedLM,
+            "AutoModelForPreTraining": LlmArchEncoderForPreTraining,
+            "AutoModelForSequenceClassification": LlmArchEncoderForSequenceClassification,
+            "AutoModelForTokenClassification": LlmArchEncoderForTokenClassification,
+            "AutoModelForQuestionAnswering": LlmArchEncoderForQuestionAnswering,
+            "AutoModelForMultipleChoice": LlmArchEncoderForMultipleChoice,
+        },
+    ),
+}
+
+CONFIG_CLASSES = {row[0].model_type: row[0] for row in (*FAMILIES.values(), *ENCODER_FAMILIES.values())}
+__all__ = [
+    "CONFIG_CLASSES",
+    "ENCODER_FAMILIES",
+    "FAMILIES",
+    "LlmArchEncoderForReplacedTokenDetection",
+    "LlmArchForCausalLM",
+    "LlmArchModel",
+    "LlmArchPreTrainedModel",
+]

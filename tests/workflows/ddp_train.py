@@ -6,27 +6,43 @@ import os
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer, TrainingArguments
 
 import hf_llmarch
+from hf_llmarch.data import MLMCollator, PrefixLMCollator
 
 # Run as a script by torchrun: make the tests' shared helpers importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import CPU_TRAINING, RepeatTask, logged_losses  # noqa: E402
 
 
+def _model_and_collator(preset: str):
+    """`<preset>` trains as a causal LM; an encoder preset as a masked LM; `<preset>:prefix` as a
+    prefix LM (the first half of each row is its bidirectional prefix)."""
+    preset, _, topology = preset.partition(":")
+    fields = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=64)
+    if topology == "prefix":
+        fields["attention_mask_kind"] = "prefix"
+    config = hf_llmarch.load_preset(preset, **fields)
+    if config.attention_mask_kind == "bidirectional":
+        collator = MLMCollator(mask_token_id=255, pad_token_id=config.pad_token_id, vocab_size=250)
+        return AutoModelForMaskedLM.from_config(config), collator
+    collator = PrefixLMCollator(pad_token_id=0, prefix_fraction=0.5) if topology == "prefix" else None
+    return AutoModelForCausalLM.from_config(config), collator
+
+
 def main(out_dir: str, preset: str):
     torch.manual_seed(0)
-    config = hf_llmarch.load_preset(preset, hidden_size=64, intermediate_size=128, moe_intermediate_size=64)
-    model = AutoModelForCausalLM.from_config(config)
+    model, collator = _model_and_collator(preset)
     args = TrainingArguments(
         output_dir=os.path.join(out_dir, "trainer"),
         max_steps=20,
         per_device_train_batch_size=4,
         ddp_backend="gloo",
+        remove_unused_columns=False,
         **CPU_TRAINING,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=RepeatTask())
+    trainer = Trainer(model=model, args=args, train_dataset=RepeatTask(), data_collator=collator)
     trainer.train()
     rank = trainer.args.process_index
     result = {

@@ -21,7 +21,9 @@ def _torchrun(script: str, *args):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("preset", ["llama-tiny", "hybrid-tiny", "qwen2-moe-tiny", "mamba2-tiny", "jamba-tiny", "falcon-h1-tiny"])
+@pytest.mark.parametrize(
+    "preset", ["llama-tiny", "hybrid-tiny", "qwen2-moe-tiny", "mamba2-tiny", "jamba-tiny", "falcon-h1-tiny", "bert-tiny", "llama-tiny:prefix"]
+)
 def test_two_process_ddp_trainer(tmp_path, preset):
     _torchrun("ddp_train.py", tmp_path, preset)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
