@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from .configuration import LlmArchConfig
-from .models import ENCODER_FAMILIES, FAMILIES, LlmArchForCausalLM, LlmArchModel
+from .models import HEAD_FAMILIES, FAMILIES, LlmArchForCausalLM, LlmArchModel
 from .models.deepseek import LlmArchDeepseekConfig, LlmArchDeepseekForCausalLM, LlmArchDeepseekModel
 from .models.dense import LlmArchDenseConfig, LlmArchDenseForCausalLM, LlmArchDenseModel
 from .models.hybrid import LlmArchHybridConfig, LlmArchHybridForCausalLM, LlmArchHybridModel
@@ -37,13 +37,19 @@ DEFAULT_LORA_TARGETS = [
 ]
 
 
+def _register_pipelines():
+    from .pipelines import register
+
+    register()
+
+
 def _register():
     for config_cls, base_cls, lm_cls, cls_cls in FAMILIES.values():
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         AutoModel.register(config_cls, base_cls, exist_ok=True)
         AutoModelForCausalLM.register(config_cls, lm_cls, exist_ok=True)
         AutoModelForSequenceClassification.register(config_cls, cls_cls, exist_ok=True)
-    for config_cls, heads in ENCODER_FAMILIES.values():
+    for config_cls, heads in HEAD_FAMILIES.values():
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         for auto_name, model_cls in heads.items():
             getattr(transformers, auto_name).register(config_cls, model_cls, exist_ok=True)
@@ -51,11 +57,12 @@ def _register():
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as lora_targets
     except ImportError:  # peft is optional at import time
         return
-    for config_cls, *_ in (*FAMILIES.values(), *ENCODER_FAMILIES.values()):
+    for config_cls, *_ in (*FAMILIES.values(), *HEAD_FAMILIES.values()):
         lora_targets.setdefault(config_cls.model_type, list(DEFAULT_LORA_TARGETS))
 
 
 _register()
+_register_pipelines()
 
 __all__ = [
     "mtp_generate",

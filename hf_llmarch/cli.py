@@ -119,10 +119,10 @@ def _native_equivalent(target: str, native) -> LlmArchConfig:
 
 
 def _cmd_list(args) -> int:
-    from .models import ENCODER_FAMILIES, FAMILIES
+    from .models import HEAD_FAMILIES, FAMILIES
 
     print("families:")
-    for name, (config_cls, *_) in (FAMILIES | ENCODER_FAMILIES).items():
+    for name, (config_cls, *_) in (FAMILIES | HEAD_FAMILIES).items():
         print(f"  {name:<10} {config_cls.model_type}")
     print("presets:")
     presets = list_presets()

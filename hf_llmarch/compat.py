@@ -121,3 +121,11 @@ def check_forward_kwargs(owner: str, kwargs: dict):
     for flag in UNSUPPORTED_FLAGS:
         if kwargs.get(flag):
             raise ValueError(f"{owner}.forward(): {flag}=True is not supported (router statistics come as aux_loss)")
+
+
+def restore_pipeline_task(task: str) -> None:
+    """transformers dropped text2text-generation in 5.0; from 5.24 it also lists removed tasks and refuses
+    their names before looking at its registry, so a task we register again must leave that list."""
+    from transformers import pipelines
+
+    getattr(pipelines, "REMOVED_TASKS", {}).pop(task, None)

@@ -31,7 +31,7 @@ from .pattern import compress_pattern, expand_pattern
 
 ROPE_TYPES = ("default", *ROPE_INIT_FUNCTIONS)
 NORM_TYPES = ("rmsnorm", "layernorm")
-POSITION_TYPES = ("rope", "learned", "none")
+POSITION_TYPES = ("rope", "learned", "sinusoidal", "relative_buckets", "none")
 OP_MODES = {
     "moe_impl": ("auto", "naive", "grouped", "triton"),
     "retention_mode": ("auto", "parallel", "chunk", "recurrent", "naive"),
@@ -75,6 +75,8 @@ class LlmArchConfig(PreTrainedConfig):
     attention_bias: bool = False  # bias on q/k/v (Qwen2, GPT-2)
     attention_out_bias: bool = False  # bias on o_proj (GPT-2)
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3, OLMo-2)
+    qkv_norm: bool = False  # parameter-free RMSNorm of each head's q, k and v (RedLLM)
+    attention_output_norm: bool = False  # parameter-free RMSNorm of each head's output before o_proj (RedLLM)
     # Zero-centred RMSNorms (Qwen3-Next, Gemma): every backbone norm, and QK-norm, scales by 1 + weight,
     # the weight starting at 0.
     norm_unit_offset: bool = False
@@ -100,14 +102,18 @@ class LlmArchConfig(PreTrainedConfig):
     # Falcon-H1's muP multipliers of the dense gated MLP: down(up(x) * act(gate(x) * m_gate)) * m_down.
     mlp_multipliers: list[float] | None = None
     # Topology (checked and documented in hf_llmarch/topology.py): which keys a query sees
-    # (causal, bidirectional, prefix), where the norms sit (pre, post), and BERT/ALBERT's
-    # embedding extras (token types, a factorised embedding width, a position offset, shared layers).
+    # (causal, bidirectional, prefix), where the norms sit (pre, post), BERT/ALBERT's embedding extras
+    # (token types, a factorised embedding width, a position offset, shared layers), a decoder's
+    # cross-attention, and T5's relative position buckets.
     attention_mask_kind: str = "causal"
     norm_placement: str = "pre"
     type_vocab_size: int = 0
     embedding_size: int | None = None
     position_offset: int = 0
     num_layer_groups: int | None = None
+    cross_attention: bool = False
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True

@@ -17,6 +17,12 @@ extras of BERT-style encoders. The backbone reads these fields; no family has it
   rows below its first real position).
 * `num_layer_groups`: ALBERT's cross-layer sharing; the stack holds this many distinct blocks,
   and layer i runs block i * groups // layers. Encoders only: a shared block has one cache slot.
+* `cross_attention`: each block attends to an encoder's output after its mixer (the decoder of an
+  encoder-decoder, `models/seq2seq.py`).
+* positions (`position_embedding_type`): besides RoPE and learned tables, `sinusoidal` (the original
+  Transformer's fixed table) and `relative_buckets` (T5: a learned per-head bias over bucketed
+  distances, `relative_attention_num_buckets` / `relative_attention_max_distance`, added to the
+  attention mask; eager and sdpa only).
 """
 
 MASK_KINDS = ("causal", "bidirectional", "prefix")
@@ -31,9 +37,16 @@ def validate_topology(config) -> None:
     _check_choice(config, "norm_placement", NORM_PLACEMENTS)
     if config.attention_mask_kind != "causal":
         _check_non_causal_mixers(config)
+    if config.cross_attention and config.attention_mask_kind == "bidirectional":
+        raise ValueError(
+            "cross_attention=True in an encoder (attention_mask_kind='bidirectional'): only an encoder-decoder's decoder "
+            "cross-attends; use the llmarch_seq2seq family"
+        )
     _check_embedding_extras(config)
     if config.num_layer_groups is not None:
         _check_layer_groups(config)
+    if config.position_embedding_type == "relative_buckets":
+        _check_relative_buckets(config)
 
 
 def is_causal_stack(config) -> bool:
@@ -48,12 +61,18 @@ def shared_block_of_layer(config) -> list[int]:
 
 def check_attention_implementation(config) -> None:
     """Flash attention takes a padding mask only (mask functions are dropped), so a prefix LM on it
-    would silently attend causally over its prefix."""
+    would silently attend causally over its prefix; T5's position bias rides in an additive mask,
+    which only eager and sdpa take."""
     impl = config._attn_implementation or ""
     if config.attention_mask_kind == "prefix" and impl.startswith("flash"):
         raise ValueError(
             f"attention_mask_kind='prefix' cannot run on attn_implementation={impl!r}: flash attention ignores the "
             "prefix mask; use 'sdpa', 'eager' or 'flex_attention'"
+        )
+    if config.position_embedding_type == "relative_buckets" and impl not in ("eager", "sdpa", ""):
+        raise ValueError(
+            f"position_embedding_type='relative_buckets' cannot run on attn_implementation={impl!r}: the bias is an "
+            "additive mask; use 'sdpa' or 'eager'"
         )
 
 
@@ -89,6 +108,17 @@ def _check_embedding_extras(config) -> None:
             f"position_offset={config.position_offset} shifts a learned position table, but "
             f"position_embedding_type={config.position_embedding_type!r}: use 'learned' or position_offset=0"
         )
+
+
+def _check_relative_buckets(config) -> None:
+    for i, mixer in enumerate(config.mixer_types):
+        if mixer != "attn":
+            raise ValueError(
+                f"mixer_types[{i}]={mixer!r}: position_embedding_type='relative_buckets' (T5's bias) is added to full "
+                "attention masks only; use 'attn' layers"
+            )
+    if not isinstance(config.relative_attention_num_buckets, int) or config.relative_attention_num_buckets < 2:
+        raise ValueError(f"relative_attention_num_buckets={config.relative_attention_num_buckets!r} must be an integer >= 2")
 
 
 def _check_layer_groups(config) -> None:

@@ -530,3 +530,185 @@ def test_info_bert_base_prints_the_count_and_no_cache(capsys):
     assert main(["info", "albert-base-v2", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["parameters"]["total"] == 11_813_810 and summary["cache"]["bytes_per_token"] == 0
+
+
+# --- encoder-decoders (llmarch_seq2seq) ---------------------------------------------------------------
+
+# The published checkpoints' config.json values (google/t5-v1_1-base, facebook/bart-base).
+PUBLISHED_SEQ2SEQ = {
+    "t5-v1_1-base": ("T5Config", dict(
+        vocab_size=32128, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
+        layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0,
+    )),
+    "bart-base": ("BartConfig", dict(
+        vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+        decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, activation_function="gelu",
+        max_position_embeddings=1024, dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, scale_embedding=False,
+        init_std=0.02, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+    )),
+}
+SEQ2SEQ_TINY = ["t5-tiny", "bart-tiny", "transformer-tiny", "redllm-tiny"]
+
+
+def _native_seq2seq_config(preset: str):
+    import transformers
+
+    config_cls, fields = PUBLISHED_SEQ2SEQ[preset]
+    return getattr(transformers, config_cls)(**fields)
+
+
+@pytest.mark.parametrize("preset", list(PUBLISHED_SEQ2SEQ))
+def test_seq2seq_presets_are_the_converters_mapping_of_the_published_configs(preset):
+    """Each preset field is what convert/t5_bart.py makes of the checkpoint's config, except two T5
+    fields: initializer_factor (1.0, a multiplier of T5's own fan-in init), which a from-scratch
+    preset leaves at our std default; and tie_word_embeddings, which transformers 5.24's T5Config
+    forces to True (keeping the v1.0 output scale apart as scale_decoder_outputs) although the v1.1
+    checkpoint stores its own lm_head: the preset keeps v1.1's untied head."""
+    from hf_llmarch.convert.t5_bart import config_from_hf
+
+    ours, native = hf_llmarch.load_preset(preset), _native_seq2seq_config(preset)
+    skipped = {"initializer_range", "tie_word_embeddings"} if preset.startswith("t5") else set()
+    for field, value in config_from_hf(native).items():
+        if field not in skipped:
+            assert getattr(ours, field) == value, field
+    if preset.startswith("t5"):
+        assert native.tie_word_embeddings and not native.scale_decoder_outputs and not ours.tie_word_embeddings
+
+
+@pytest.mark.parametrize(
+    "preset,native_cls,total,native_total",
+    [
+        # Ours: 247,577,856, the published checkpoint's ~248M: untied lm_head (v1.1 does not tie).
+        # transformers 5.24's T5ForConditionalGeneration always ties lm_head to `shared` (T5Config
+        # forces tie_word_embeddings=True; v1.0's output scale is `scale_decoder_outputs`), so the
+        # native model built from this config holds one vocab x d_model matrix less.
+        ("t5-v1_1-base", "T5ForConditionalGeneration", 247_577_856, 247_577_856 - 32128 * 768),
+        # Ours: 139,470,681; native: 139,420,416 (published ~139M/140M). BART's `final_logits_bias`
+        # is a buffer there, our lm_head.bias a parameter: the difference is that vocab-sized bias.
+        ("bart-base", "BartForConditionalGeneration", 139_470_681, 139_470_681 - 50265),
+    ],
+)
+def test_seq2seq_presets_match_our_model_and_the_native_one(preset, native_cls, total, native_total):
+    import transformers
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = hf_llmarch.load_preset(preset)
+    ours = _on_meta(lambda: AutoModelForSeq2SeqLM.from_config(config))
+    native = _on_meta(lambda: getattr(transformers, native_cls)(_native_seq2seq_config(preset)))
+    counted = count_parameters(config)
+    print(f"{preset}: ours {counted['total']:,}, native {native_cls} {_unique_numel(native):,}")
+    assert counted["total"] == counted["active"] == _unique_numel(ours) == total
+    assert _unique_numel(native) == native_total
+    assert counted["counted_model"] == "AutoModelForSeq2SeqLM (encoder + decoder)"
+    if preset == "t5-v1_1-base":
+        assert native.lm_head.weight is native.shared.weight  # tied whatever the config says
+        assert counted["lm_head"] == 32128 * 768 and counted["total"] - counted["lm_head"] == native_total
+    else:
+        native_bias = dict(native.named_buffers())["final_logits_bias"]
+        assert counted["lm_head"] == native_bias.numel() == 50265  # tied weight: only the bias is the head's own
+
+
+@pytest.mark.parametrize(
+    "preset,total",
+    [
+        ("transformer-base", 63_082_496),  # the paper: 65M (Table 3)
+        ("redllm-150m", 146_818_048),  # the paper: ~150M
+        ("redllm-1b", 1_124_149_248),  # the paper: ~1B
+    ],
+)
+def test_seq2seq_presets_count_exactly(preset, total):
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = hf_llmarch.load_preset(preset)
+    model = _on_meta(lambda: AutoModelForSeq2SeqLM.from_config(config))
+    counted = count_parameters(config)
+    print(f"{preset}: {counted['total']:,}")
+    assert counted["total"] == _unique_numel(model) == total
+    # The two stacks, the token table they share and the output layer's own parameters add up.
+    assert sum(counted["stacks"].values()) + config.vocab_size * config.hidden_size + counted["lm_head"] == total
+
+
+def test_redllm_preset_shapes_follow_the_paper_table():
+    """RedLLM's size table (d, d_ffn, h, d_h, encoder/decoder layers) and its 32768-token vocabulary."""
+    for preset, (d, ffn, heads, layers) in {"redllm-150m": (1024, 4096, 8, 3), "redllm-1b": (2048, 8192, 16, 7)}.items():
+        config = hf_llmarch.load_preset(preset)
+        encoder = config.stack_config(encoder=True)
+        assert (config.hidden_size, config.intermediate_size, config.num_attention_heads, config.head_dim) == (d, ffn, heads, 128)
+        assert len(config.mixer_types) == len(encoder.mixer_types) == layers and config.vocab_size == 32768
+        assert config.continuous_positions and config.qkv_norm and config.attention_output_norm and config.tie_word_embeddings
+
+
+@pytest.mark.parametrize("preset", SEQ2SEQ_TINY)
+def test_tiny_seq2seq_presets_count_by_module(preset):
+    """Real (CPU) models: the total, each stack, the cross-attention and the output layer."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = hf_llmarch.load_preset(preset)
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    counted = count_parameters(config)
+    assert counted["total"] == model.num_parameters() == sum(p.numel() for p in model.parameters())
+
+    def numel(module, skip=("embed_tokens",)):
+        return sum(p.numel() for n, p in module.named_parameters() if not n.startswith(skip))
+
+    assert counted["stacks"] == {"encoder": numel(model.model.encoder), "decoder": numel(model.model.decoder)}
+    cross = sum(p.numel() for n, p in model.named_parameters() if ".cross_attn." in n)
+    assert counted["mixers"]["cross_attn"] == cross > 0
+    assert counted["lm_head"] == numel(model.lm_head) - (model.lm_head.weight.numel() if config.tie_word_embeddings else 0)
+
+
+@pytest.mark.parametrize("preset", SEQ2SEQ_TINY)
+def test_seq2seq_cache_bytes_match_the_encoder_decoder_cache(preset):
+    """Self-attention K/V per generated token, cross-attention K/V per encoder token, as
+    transformers' EncoderDecoderCache holds them after generate()."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = hf_llmarch.load_preset(preset)
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(config).eval()
+    source = 7
+    out = model.generate(
+        torch.randint(0, 256, (1, source)), max_new_tokens=4, min_new_tokens=4, do_sample=False, return_dict_in_generate=True
+    )
+    cache, context = compat.output_cache(out), out.sequences.shape[1] - 1  # the last token is never fed back
+    predicted = cache_bytes_per_token(config, context, dtype=torch.float32, encoder_context=source)
+
+    def held(layers):
+        return sum(_tensor_bytes([layer.keys, layer.values]) for layer in layers)
+
+    assert predicted["total_bytes"] == held(cache.self_attention_cache.layers)
+    assert predicted["cross_attention"]["total_bytes"] == held(cache.cross_attention_cache.layers)
+    per_token = 2 * 2 * 4 * 16 * 4  # layers * (k, v) * heads * head_dim * fp32 bytes
+    assert predicted["bytes_per_token"] == predicted["cross_attention"]["bytes_per_encoder_token"] == per_token
+    assert predicted["sequence_total_bytes"] == per_token * (context + source)
+
+
+def test_seq2seq_flops_split_decoder_and_encoder_tokens_by_hand():
+    """transformer-base: a decoder token runs self-attention, cross q/o, the FFN and the (tied)
+    output projection; the cross k/v projections run once per encoder token."""
+    config = hf_llmarch.load_preset("transformer-base")
+    h, inner, vocab, layers, ctx, src = 512, 2048, 37000, 6, 100, 30
+    flops = flops_per_token(config, ctx, encoder_context=src)
+    assert flops["matmul_params"] == layers * (4 * h * h + 2 * h * h + 2 * h * inner) + vocab * h
+    assert flops["attention"] == layers * (ctx + src) * 4 * h and flops["cross_attention"] == layers * src * 4 * h
+    encoder = flops["encoder"]
+    assert encoder["matmul_params"] == layers * (4 * h * h + 2 * h * inner) + layers * 2 * h * h
+    assert encoder["attention"] == layers * src * 4 * h and encoder["training"] == 3 * encoder["forward"]
+    assert flops_per_token(config, ctx)["encoder_context"] == ctx  # default: as many encoder tokens as decoder ones
+
+
+def test_info_redllm_150m_shows_the_cross_attention_cache(capsys):
+    from hf_llmarch.cli import main
+
+    assert main(["info", "redllm-150m"]) == 0
+    out = capsys.readouterr().out
+    assert "146,818,048" in out and "AutoModelForSeq2SeqLM (encoder + decoder)" in out
+    assert "self KV per decoder token" in out and "cross KV per encoder token" in out
+    assert "mixer cross_attn" in out and "FLOPs/encoder token" in out
+    assert main(["info", "redllm-150m", "--json", "--context", "1024"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    cross = summary["cache"]["cross_attention"]
+    assert cross["bytes_per_encoder_token"] == 3 * 2 * 8 * 128 * 2  # layers * (k, v) * heads * head_dim * bf16
+    assert summary["encoder_layer_types"] == {"full_attention": 3} and summary["encoder_context"] == 1024

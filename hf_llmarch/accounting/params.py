@@ -5,6 +5,7 @@ import copy
 import torch
 
 from ..models.encoder import LlmArchEncoderConfig
+from ..models.seq2seq import LlmArchSeq2SeqConfig
 from ..pattern import parallel_parts
 from ..topology import shared_block_of_layer
 
@@ -15,6 +16,19 @@ from .recurrent import FIRST_LAYER_WITHOUT, HISTORY_ELEMENTS_PER_TOKEN, RECURREN
 def is_encoder(config) -> bool:
     """An encoder-family config: its heads are the pre-training model's, not a causal LM head."""
     return config.model_type == LlmArchEncoderConfig.model_type
+
+
+def is_seq2seq(config) -> bool:
+    """An encoder-decoder config (llmarch_seq2seq): its fields describe the decoder stack, and
+    `stack_config(encoder=True)` the encoder's."""
+    return config.model_type == LlmArchSeq2SeqConfig.model_type
+
+
+def stacks(config) -> dict:
+    """The stacks the counted model holds, by name: an encoder-decoder's two views, else the one stack."""
+    if is_seq2seq(config):
+        return {"encoder": config.stack_config(encoder=True), "decoder": config}
+    return {"stack": config}
 
 
 def embedding_width(config) -> int:
@@ -153,16 +167,21 @@ def layer_counts(config, stored: bool = False) -> dict:
     """Parameter counts of the stack, split by component, with matmul/other kept apart.
 
     By default every layer that runs counts (FLOPs); `stored` counts each shared block once
-    (parameters). `norms` are the layers' own norms, not the final or embedding norm."""
+    (parameters). `norms` are the layers' own norms, not the final or embedding norm.
+    `cross_attention`: a decoder stack's cross-attention (plain attention of the config's heads, in
+    every layer whatever its mixer); its norms are among `norms`."""
     h, e, k = config.hidden_size, config.num_experts, config.num_experts_per_tok
     per_expert = 3 * h * config.moe_intermediate_size  # gate_up [2I, H] + down [H, I]
     mixers: dict[str, Params] = {}
-    dense = experts = experts_active = router = shared_experts = (0, 0)
+    dense = experts = experts_active = router = shared_experts = cross = (0, 0)
     norms = 0
     for i in _stored_layers(config) if stored else range(len(config.mixer_types)):
         mixer, ffn = config.mixer_types[i], config.ffn_types[i]
         mixers[mixer] = add(mixers.get(mixer, (0, 0)), _mixer_params(config, mixer))
         norms += _norm_params(config)  # input_layernorm
+        if config.cross_attention:  # an encoder-decoder's decoder block: cross_attn and cross_attn_layernorm
+            cross = add(cross, _attention_params(config))
+            norms += _norm_params(config)
         if ffn == "none":
             continue
         norms += _norm_params(config)  # post_attention_layernorm
@@ -185,17 +204,27 @@ def layer_counts(config, stored: bool = False) -> dict:
         "moe_experts_active": experts_active,
         "moe_shared": shared_experts,
         "router": router,
+        "cross_attention": cross,
         "norms": norms,
     }
 
 
+def _token_table_params(config) -> int:
+    return config.vocab_size * embedding_width(config)
+
+
 def _embedding_params(config) -> int:
-    """Token, learned-position and token-type tables, E wide, and embed_proj lifting E to hidden_size."""
+    """Token, learned-position and token-type tables, E wide, embed_proj lifting E to hidden_size,
+    and T5's relative-position bias table (num_buckets x heads, one per stack). Sinusoidal positions
+    and RoPE hold no parameters."""
     width, rows = embedding_width(config), config.vocab_size + config.type_vocab_size
     if config.position_embedding_type == "learned":
         rows += config.max_position_embeddings  # position_offset indexes into this table, it adds no rows
     lift = sum(linear(width, config.hidden_size, True)) if width != config.hidden_size else 0
-    return rows * width + lift
+    relative = 0
+    if config.position_embedding_type == "relative_buckets":
+        relative = config.relative_attention_num_buckets * config.num_attention_heads
+    return rows * width + lift + relative
 
 
 def _outer_norm_params(config) -> int:
@@ -205,7 +234,11 @@ def _outer_norm_params(config) -> int:
 
 
 def _lm_head_params(config) -> int:
-    """The vocabulary projection's own parameters: its weight when untied, and an encoder's bias."""
+    """The vocabulary projection's own parameters: its weight when untied, and an encoder's bias
+    (an encoder-decoder's with `lm_head_bias`: BART's final_logits_bias, a parameter here)."""
+    if is_seq2seq(config):
+        weight = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
+        return weight + (config.vocab_size if config.lm_head_bias else 0)
     if is_encoder(config):
         return config.vocab_size * (1 + (0 if config.tie_word_embeddings else embedding_width(config)))
     return 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
@@ -227,18 +260,23 @@ def _encoder_head_params(config) -> dict[str, int]:
 
 def counted_model(config) -> str:
     """The model whose parameters `count_parameters` counts."""
+    if is_seq2seq(config):
+        return "AutoModelForSeq2SeqLM (encoder + decoder)"
     if not is_encoder(config):
         return "AutoModelForCausalLM"
     pair = f" + pooler + {config.pair_task.upper()} head" if config.pair_task else ""
     return f"AutoModelForPreTraining (encoder + MLM head{pair})"
 
 
-def io_matmul_params(config) -> int:
+def io_matmul_params(config, encoder: bool = False) -> int:
     """Matmul weights per token outside the stack: embed_proj, and the vocabulary projection (a
     matmul even when tied) behind an encoder's MLM transform. The pooler and pair classifier run
-    once per sequence, not per token, and are left out."""
+    once per sequence, not per token, and are left out. For an encoder-decoder pass the stack:
+    the decoder's has the vocabulary projection, the encoder's (`encoder=True`) its embed_proj only."""
     width = embedding_width(config)
     lift = width * config.hidden_size if width != config.hidden_size else 0
+    if encoder:
+        return lift
     if is_encoder(config):
         return lift + config.hidden_size * width + config.vocab_size * width
     return lift + config.vocab_size * config.hidden_size
@@ -250,6 +288,11 @@ def count_parameters(config) -> dict:
     For decoders that is the causal LM; for encoders the pre-training model AutoModelForPreTraining
     builds (MLM head, plus pooler and NSP/SOP classifier with a pair_task; ELECTRA-shaped configs
     included: the discriminator's replaced-token head is not an Auto class). `heads` lists those.
+    For encoder-decoders (llmarch_seq2seq) it is AutoModelForSeq2SeqLM: both stacks (each with its
+    own position table or relative-bias table, embedding norm, embed_proj and final norm), the
+    decoder's cross-attention (`mixers['cross_attn']`, its norms among `norms`), the token table
+    once (both stacks read it), the output layer when untied and its bias with `lm_head_bias`;
+    `stacks` then gives each stack's own parameters (everything but the token table and lm_head).
     `total` equals `sum(p.numel() for p in model.parameters())` (tied weights once; ALBERT's shared
     blocks once: num_layer_groups of them, not num_hidden_layers).
     `active` is what one token touches: every parameter except the routed experts it is not sent
@@ -257,29 +300,58 @@ def count_parameters(config) -> dict:
     customary, the whole embedding table counts as active. Multi-token-prediction modules (`mtp`) count in
     `total` but not in `active`: decoding runs without them.
     """
-    layers = layer_counts(config, stored=True)
-    embeddings, lm_head, heads = _embedding_params(config), _lm_head_params(config), _encoder_head_params(config)
-    norms = layers["norms"] + _outer_norm_params(config)
-    mixers = {name: sum(p) for name, p in layers["mixers"].items()}
-    shared = embeddings + lm_head + sum(mixers.values()) + sum(layers["dense_ffn"]) + sum(layers["router"])
-    shared += sum(layers["moe_shared"]) + norms + sum(heads.values())
-    mtp = _mtp_params(config)
-    return {
+    per_stack = {name: _stack_params(view) for name, view in stacks(config).items()}
+    token_table = _token_table_params(config)
+    lm_head, heads = _lm_head_params(config), _encoder_head_params(config)
+
+    def summed(key):
+        return sum(counts[key] for counts in per_stack.values())
+
+    mixers: dict[str, int] = {}
+    for counts in per_stack.values():
+        for name, n in counts["mixers"].items():
+            mixers[name] = mixers.get(name, 0) + n
+    embeddings = token_table + summed("embeddings")
+    shared = embeddings + lm_head + sum(mixers.values()) + summed("dense_ffn") + summed("router")
+    shared += summed("moe_shared") + summed("norms") + sum(heads.values())
+    mtp = 0 if is_seq2seq(config) else _mtp_params(config)  # the seq2seq model builds no MTP modules
+    result = {
         "counted_model": counted_model(config),
-        "total": shared + sum(layers["moe_experts"]) + mtp,
-        "active": shared + sum(layers["moe_experts_active"]),
+        "total": shared + summed("moe_experts") + mtp,
+        "active": shared + summed("moe_experts_active"),
         "embeddings": embeddings,
         "lm_head": lm_head,
         "mixers": mixers,
-        "dense_ffn": sum(layers["dense_ffn"]),
-        "moe_experts": sum(layers["moe_experts"]),
-        "moe_experts_active": sum(layers["moe_experts_active"]),
-        "moe_shared": sum(layers["moe_shared"]),
-        "router": sum(layers["router"]),
-        "norms": norms,
+        "dense_ffn": summed("dense_ffn"),
+        "moe_experts": summed("moe_experts"),
+        "moe_experts_active": summed("moe_experts_active"),
+        "moe_shared": summed("moe_shared"),
+        "router": summed("router"),
+        "norms": summed("norms"),
         "heads": heads,
         "mtp": mtp,
     }
+    if is_seq2seq(config):
+        result["stacks"] = {name: counts["total"] for name, counts in per_stack.items()}
+    return result
+
+
+def _stack_params(config) -> dict[str, int]:
+    """One stack's parameters by component, less the token table (which encoder-decoder stacks share):
+    its stored layers, position / token-type / relative-bias tables, embed_proj, and outer norms."""
+    layers = layer_counts(config, stored=True)
+    mixers = {name: sum(p) for name, p in layers["mixers"].items()}
+    if any(layers["cross_attention"]):
+        mixers["cross_attn"] = sum(layers["cross_attention"])
+    counts = {
+        "mixers": mixers,
+        "embeddings": _embedding_params(config) - _token_table_params(config),
+        "norms": layers["norms"] + _outer_norm_params(config),
+        **{key: sum(layers[key]) for key in ("dense_ffn", "moe_experts", "moe_experts_active", "moe_shared", "router")},
+    }
+    stored = ("embeddings", "norms", "dense_ffn", "moe_experts", "moe_shared", "router")
+    counts["total"] = sum(mixers.values()) + sum(counts[key] for key in stored)
+    return counts
 
 
 def _mtp_params(config) -> int:

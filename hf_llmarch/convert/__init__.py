@@ -9,14 +9,15 @@ checks that every tensor is consumed and builds the target model. `save_from_hf`
 write directories.
 """
 
+import copy
 import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from ..models.causal_lm import LlmArchForCausalLM
-from . import deepseek, encoders, falcon, gpt2, granite, jamba, llama, moe, qwen3_next, rwkv, ssm
+from . import deepseek, encoders, falcon, gpt2, granite, jamba, llama, moe, qwen3_next, rwkv, seq2seq, ssm
 from .checkpoint import (
     CheckpointError,
     TensorSource,
@@ -36,6 +37,8 @@ ADAPTERS = {
     "deepseek_v3": deepseek, "deepseek_v32": deepseek, "qwen3_next": qwen3_next,
     "rwkv": rwkv,
 }
+# Families converted head by head from the native class (encoders, encoder-decoders), not as causal LMs.
+HEAD_BY_HEAD = (encoders, seq2seq)
 HEAD_KEY = "lm_head.weight"
 # Native families with muP-style scalings; every other target needs ours at their neutral values.
 SCALED_TARGETS = ("granitemoehybrid", "falcon_h1")
@@ -73,8 +76,10 @@ def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchFor
 
     `dtype=None` keeps the dtype the weights are stored in."""
     native_config, src, attn = _open_native(path_or_model)
-    if native_config.model_type in encoders.SOURCES:
-        return encoders.from_hf(native_config, src, attn, _native_class_name(path_or_model, native_config), dtype)
+    for family in HEAD_BY_HEAD:
+        if native_config.model_type in family.SOURCES:
+            model = family.from_hf(native_config, src, attn, _native_class_name(path_or_model, native_config), dtype)
+            return _with_generation_config(model, path_or_model)
     adapter = _adapter(native_config.model_type)
     config_cls, model_cls = adapter.OURS
     fields = adapter.config_from_hf(native_config)
@@ -96,8 +101,9 @@ def to_hf(model_or_path, target: str | None = None) -> PreTrainedModel:
     MambaForCausalLM / Mamba2ForCausalLM / JambaForCausalLM / GraniteMoeHybridForCausalLM / FalconH1ForCausalLM. `target` defaults to the model type it was converted
     from, else to `infer_target`. Raises a ValueError naming the field the target cannot express."""
     model = _load_ours(model_or_path)
-    if encoders.is_ours(model):
-        return encoders.to_native(model, target)
+    for family in HEAD_BY_HEAD:
+        if family.is_ours(model):
+            return family.to_native(model, target)
     native, extra = _to_native(model, target)
     if extra:  # tensors the native class has no module for (DeepSeek's MTP layers)
         raise ValueError(
@@ -181,7 +187,8 @@ def save_to_hf(src, out, target: str | None = None) -> Path:
     under the names the native family's own checkpoints use."""
     out = Path(out)
     model = _load_ours(src)
-    native, extra = (encoders.to_native(model, target), {}) if encoders.is_ours(model) else _to_native(model, target)
+    family = next((family for family in HEAD_BY_HEAD if family.is_ours(model)), None)
+    native, extra = (family.to_native(model, target), {}) if family else _to_native(model, target)
     native.save_pretrained(out)
     if extra:
         append_tensors(out, extra)
@@ -204,8 +211,25 @@ def _open_native(path_or_model):
     return AutoConfig.from_pretrained(path_or_model), TensorSource.from_dir(path_or_model), None
 
 
+def _with_generation_config(model, path_or_model):
+    """Generation defaults travel with the weights (BART forces its eos and bans repeats, T5 starts
+    from pad): without them generate() would decode differently from the native model."""
+    if not hasattr(model, "generation_config"):  # a bare base model does not generate
+        return model
+    if isinstance(path_or_model, PreTrainedModel):
+        native = getattr(path_or_model, "generation_config", None)
+        if native is None:
+            return model
+    elif (Path(path_or_model) / "generation_config.json").is_file():
+        native = GenerationConfig.from_pretrained(path_or_model)
+    else:
+        return model
+    model.generation_config = copy.deepcopy(native)
+    return model
+
+
 def _check_convertible(model_type: str | None):
-    if model_type not in encoders.SOURCES:
+    if not any(model_type in family.SOURCES for family in HEAD_BY_HEAD):
         _adapter(model_type)
 
 
@@ -229,19 +253,22 @@ def _load_ours(model_or_path):
         if not str(model_type).startswith("llmarch_"):
             raise ValueError(f"{model_or_path} holds model_type {model_type!r}, not an hf_llmarch model")
         model_or_path = _our_class_from_json(config).from_pretrained(model_or_path)
-    if not isinstance(model_or_path, LlmArchForCausalLM) and not encoders.is_ours(model_or_path):
+    if not isinstance(model_or_path, LlmArchForCausalLM) and not any(family.is_ours(model_or_path) for family in HEAD_BY_HEAD):
         raise ValueError(f"to_hf needs an hf_llmarch causal LM, got {type(model_or_path).__name__}")
     return model_or_path
 
 
 def _our_class_from_json(config: dict):
-    """Decoders load as causal LMs; an encoder as the head class its config.json names."""
-    if config.get("model_type") != "llmarch_encoder":
+    """Decoders load as causal LMs; encoders and encoder-decoders as the class their config.json names."""
+    if config.get("model_type") not in ("llmarch_encoder", "llmarch_seq2seq"):
         return AutoModelForCausalLM
     import hf_llmarch.models as ours
 
-    names = config.get("architectures") or ["LlmArchEncoderModel"]
-    return getattr(ours.encoder_heads, names[0], None) or ours.encoder.LlmArchEncoderModel
+    name = (config.get("architectures") or ["LlmArchEncoderModel"])[0]
+    for module in (ours.encoder_heads, ours.encoder, ours.seq2seq):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise ValueError(f"config.json names architectures={config.get('architectures')}, which is not an hf_llmarch class")
 
 
 def _check_plain_stack(config, target: str, mixer_kinds: tuple[str, ...], ffn_kinds: tuple[str, ...]):

@@ -106,13 +106,13 @@ def _native_key(key: str, source: str, base_prefix: str, model_cls) -> str:
     """The native name of our key: encoder keys (under `model.` in a head) get the encoder renames
     and the native base prefix, head keys the head renames."""
     if model_cls is LlmArchEncoderModel:
-        return base_prefix + _rename(key, bert.ENCODER_RENAMES[source])
+        return base_prefix + rename_first(key, bert.ENCODER_RENAMES[source])
     if key.startswith("model."):
-        return base_prefix + _rename(key.removeprefix("model."), bert.ENCODER_RENAMES[source])
-    return _rename(key, bert.HEAD_RENAMES[source])
+        return base_prefix + rename_first(key.removeprefix("model."), bert.ENCODER_RENAMES[source])
+    return rename_first(key, bert.HEAD_RENAMES[source])
 
 
-def _rename(key: str, renames) -> str:
+def rename_first(key: str, renames) -> str:
     """`key` under the first (regex, replacement) that matches its start; a key no rule covers is a
     module this table does not know, so the conversion stops instead of guessing."""
     for pattern, replacement in renames:

@@ -1,18 +1,22 @@
-"""Softmax attention (MHA / GQA / MQA, optional sliding window, QK-norm, qkv bias and output gate).
+"""Softmax attention (MHA / GQA / MQA, optional sliding window, QK-norm, qkv bias and output gate),
+and the cross-attention of encoder-decoder blocks.
 
 The kernel comes from transformers' attention interface (eager, sdpa, flex, flash_attention_2),
 so `attn_implementation=` works exactly as for a native model. The mask arrives prebuilt for the
-layer's type (full or sliding) from the backbone.
+layer's type (full or sliding) from the backbone. RedLLM's stability norms are fields too:
+`qkv_norm` (parameter-free RMSNorm of each head's q, k and v) and `attention_output_norm` (the
+same on each head's output, before o_proj).
 """
 
 from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..modules.norms import LlmArchRMSNorm
-from ..modules.rotary import apply_rotary
+from ..modules.rotary import apply_rotary, apply_rotary_one
 from .registry import MASK_OF_LAYER_TYPE
 
 
@@ -61,25 +65,44 @@ class LlmArchAttention(nn.Module):
         if config.qk_norm:
             self.q_norm = LlmArchRMSNorm(self.head_dim, eps=config.norm_eps, unit_offset=config.norm_unit_offset)
             self.k_norm = LlmArchRMSNorm(self.head_dim, eps=config.norm_eps, unit_offset=config.norm_unit_offset)
+        self.qkv_norm_eps = config.norm_eps if config.qkv_norm else None
+        self.output_norm_eps = config.norm_eps if config.attention_output_norm else None
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
+        query, gate = self._queries(hidden_states)
+        key, value = self._keys_values(hidden_states)
+        if position_embeddings is not None:
+            query, key = apply_rotary(query, key, *position_embeddings)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        return self._attend(query, key, value, attention_mask, gate, hidden_states.shape[:-1], kwargs)
+
+    def _queries(self, hidden_states):
+        """[B, H, T, D] queries, and the output gate [B, T, H, D] of a gated layer (else None)."""
         input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)  # -1 heads: tensor-parallel shards stay valid
+        gate = None
         if self.output_gate:
             query, gate = self.q_proj(hidden_states).view(*input_shape, -1, 2 * self.head_dim).chunk(2, dim=-1)
         else:
-            query = self.q_proj(hidden_states).view(hidden_shape)  # [B, T, H, D]
-        key = self.k_proj(hidden_states).view(hidden_shape)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # [B, H_kv, T, D]
+            query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim)  # -1 heads: TP shards stay valid
         if self.use_qk_norm:
-            query, key = self.q_norm(query), self.k_norm(key)
-        query, key = query.transpose(1, 2), key.transpose(1, 2)
-        if position_embeddings is not None:
-            cos, sin = position_embeddings
-            query, key = apply_rotary(query, key, cos, sin)
-        if cache is not None:
-            key, value = cache.update(key, value, self.layer_idx)
+            query = self.q_norm(query)
+        return self._free_norm(query).transpose(1, 2), gate
 
+    def _keys_values(self, hidden_states):
+        """[B, H_kv, S, D] keys and values of `hidden_states` (the layer's input, or the encoder's output)."""
+        shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        key = self.k_proj(hidden_states).view(shape)
+        if self.use_qk_norm:
+            key = self.k_norm(key)
+        value = self.v_proj(hidden_states).view(shape)
+        return self._free_norm(key).transpose(1, 2), self._free_norm(value).transpose(1, 2)
+
+    def _free_norm(self, heads: torch.Tensor) -> torch.Tensor:
+        """RedLLM's parameter-free RMSNorm over each head's channels, when `qkv_norm` is on."""
+        return heads if self.qkv_norm_eps is None else F.rms_norm(heads, (self.head_dim,), eps=self.qkv_norm_eps)
+
+    def _attend(self, query, key, value, attention_mask, gate, input_shape, kwargs):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -93,7 +116,9 @@ class LlmArchAttention(nn.Module):
             scaling=self.scaling,
             sliding_window=self.sliding_window,
             **kwargs,
-        )
+        )  # out [B, T, H, D]
+        if self.output_norm_eps is not None:
+            out = F.rms_norm(out, (self.head_dim,), eps=self.output_norm_eps)
         out = out.reshape(*input_shape, -1).contiguous()
         if self.output_gate:
             out = out * torch.sigmoid(gate.reshape(*input_shape, -1))
@@ -106,3 +131,34 @@ class LlmArchGatedAttention(LlmArchAttention):
     `rope_parameters['partial_rotary_factor']`, zero-centred QK-norm from `norm_unit_offset`."""
 
     output_gate = True
+
+
+class LlmArchCrossAttention(LlmArchAttention):
+    """An encoder-decoder block's attention from the decoder's states (queries) to the encoder's output
+    (keys, values). Keys and values are projected once per sequence and kept in the cross half of
+    transformers' EncoderDecoderCache. With RoPE (RedLLM) the queries turn by the decoder's positions
+    and the keys by the encoder's, so the two sides share one position axis."""
+
+    block_attr = "cross_attn"
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.is_causal, self.sliding_window = False, None
+
+    def forward(self, hidden_states, encoder_hidden_states, attention_mask=None, query_rotary=None, key_rotary=None,
+                cache=None, **kwargs):
+        """`cache`: the EncoderDecoderCache (its `is_updated` says the keys are already there), or None."""
+        query, gate = self._queries(hidden_states)
+        if query_rotary is not None:
+            query = apply_rotary_one(query, *query_rotary)
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            key, value = layer.keys, layer.values
+        else:
+            key, value = self._keys_values(encoder_hidden_states)
+            if key_rotary is not None:
+                key = apply_rotary_one(key, *key_rotary)
+            if cache is not None:
+                key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
+        return self._attend(query, key, value, attention_mask, gate, hidden_states.shape[:-1], kwargs)

@@ -21,6 +21,7 @@ from .encoder_heads import (
     LlmArchEncoderForSequenceClassification,
     LlmArchEncoderForTokenClassification,
 )
+from .seq2seq import LlmArchForConditionalGeneration, LlmArchSeq2SeqConfig, LlmArchSeq2SeqModel
 from .moe import LlmArchMoeConfig, LlmArchMoeForCausalLM, LlmArchMoeForSequenceClassification, LlmArchMoeModel
 from .causal_lm import LlmArchForCausalLM
 from .modeling import LlmArchModel, LlmArchPreTrainedModel
@@ -37,11 +38,11 @@ FAMILIES = {
     ),
 }
 
-# Encoder families: config and the model class each transformers Auto class maps it to. ELECTRA's
+# Encoder and encoder-decoder families: config and the model class each transformers Auto class maps it to. ELECTRA's
 # discriminator, LlmArchEncoderForReplacedTokenDetection, has no Auto class: AutoModelForPreTraining
 # gives every encoder config the MLM (+ NSP/SOP) model; converting ElectraForPreTraining gives the
 # discriminator, and a saved one reloads by the class its config.json names.
-ENCODER_FAMILIES = {
+HEAD_FAMILIES = {
     "encoder": (
         LlmArchEncoderConfig,
         {
@@ -54,12 +55,16 @@ ENCODER_FAMILIES = {
             "AutoModelForMultipleChoice": LlmArchEncoderForMultipleChoice,
         },
     ),
+    "seq2seq": (
+        LlmArchSeq2SeqConfig,
+        {"AutoModel": LlmArchSeq2SeqModel, "AutoModelForSeq2SeqLM": LlmArchForConditionalGeneration},
+    ),
 }
 
-CONFIG_CLASSES = {row[0].model_type: row[0] for row in (*FAMILIES.values(), *ENCODER_FAMILIES.values())}
+CONFIG_CLASSES = {row[0].model_type: row[0] for row in (*FAMILIES.values(), *HEAD_FAMILIES.values())}
 __all__ = [
     "CONFIG_CLASSES",
-    "ENCODER_FAMILIES",
+    "HEAD_FAMILIES",
     "FAMILIES",
     "LlmArchEncoderForReplacedTokenDetection",
     "LlmArchForCausalLM",

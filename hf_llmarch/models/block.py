@@ -6,6 +6,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..mixers import build_mixer
+from ..mixers.attention import LlmArchCrossAttention
 from ..mixers.registry import MASK_OF_LAYER_TYPE, STATEFUL_LAYER_TYPES
 from ..modules.channel_mix import build_channel_mix
 from ..modules.mlp import build_layer_mlp
@@ -25,6 +26,9 @@ class LlmArchBlock(GradientCheckpointingLayer):
         self.mixer_attr = mixer.block_attr
         self.input_layernorm = build_norm(config)
         setattr(self, self.mixer_attr, mixer)
+        if config.cross_attention:  # an encoder-decoder's decoder block: attend to the encoder's output
+            self.cross_attn = LlmArchCrossAttention(config, layer_idx)
+            self.cross_attn_layernorm = build_norm(config)
         if self.ffn_type != "none":
             self.post_attention_layernorm = build_norm(config)
             self.mlp = _build_ffn(config, self.ffn_type, layer_idx)
@@ -38,8 +42,12 @@ class LlmArchBlock(GradientCheckpointingLayer):
     def mixer(self) -> nn.Module:
         return getattr(self, self.mixer_attr)
 
-    def forward(self, hidden_states, attention_mask=None, token_mask=None, sequence_starts=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, token_mask=None, sequence_starts=None, cross_inputs=None, **kwargs):
         """Returns (hidden_states, aux_loss); aux_loss is None unless the FFN routes tokens.
+
+        `cross_inputs` (decoder blocks of an encoder-decoder): the cross-attention's keyword arguments
+        (encoder_hidden_states, its mask, rotaries and the EncoderDecoderCache); its sub-layer sits
+        between the mixer and the FFN, as in the original Transformer.
 
         `attention_mask` is the mask for this layer's type (4D for attention, 2D for recurrent
         mixers); `token_mask` [B, T] marks real tokens for the MoE router statistics and for the
@@ -56,6 +64,8 @@ class LlmArchBlock(GradientCheckpointingLayer):
         hidden_states = residual + self._branch(hidden_states)
         if self.post_norm:
             hidden_states = self.input_layernorm(hidden_states)
+        if cross_inputs is not None:
+            hidden_states = self._cross_attend(hidden_states, cross_inputs)
         aux_loss = None
         if self.ffn_type == "none":
             return hidden_states, aux_loss
@@ -70,6 +80,12 @@ class LlmArchBlock(GradientCheckpointingLayer):
             hidden_states = self.mlp(hidden_states)
         hidden_states = residual + self._branch(hidden_states)
         return (self.post_attention_layernorm(hidden_states) if self.post_norm else hidden_states), aux_loss
+
+    def _cross_attend(self, hidden_states, cross_inputs: dict):
+        norm = self.cross_attn_layernorm
+        attended, _ = self.cross_attn(hidden_states if self.post_norm else self._pre_norm(hidden_states, norm), **cross_inputs)
+        hidden_states = hidden_states + self._branch(attended)
+        return norm(hidden_states) if self.post_norm else hidden_states
 
     def _pre_norm(self, hidden_states, norm):
         """A branch's normed input; an fp32 residual stream (residual_in_fp32) enters the norm in the

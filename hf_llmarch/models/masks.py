@@ -43,7 +43,8 @@ def build_attention_masks(
             for mask_type, builder in BIDIRECTIONAL_BUILDERS.items()
             if mask_type in mask_types
         }
-    extra = {}
+    # A position bias is added to the mask, so the causal part must be materialised (no sdpa is_causal shortcut).
+    extra = {"allow_is_causal_skip": False} if config.position_embedding_type == "relative_buckets" else {}
     if prefix_mask is not None:
         if tuple(prefix_mask.shape) != tuple(inputs_embeds.shape[:2]):
             raise ValueError(

@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
@@ -24,6 +25,7 @@ from ..mixers import LlmArchAttention, LlmArchMLA
 from ..mixers.registry import MASK_OF_LAYER_TYPE, STATEFUL_LAYER_TYPES
 from ..modules.moe import MoEExperts
 from ..modules.norms import build_norm
+from ..modules.positions import LlmArchRelativePositionBias, sinusoidal_embeddings
 from ..modules.rotary import LlmArchRotaryEmbedding
 from ..topology import check_attention_implementation, shared_block_of_layer
 from .block import LlmArchBlock
@@ -105,6 +107,13 @@ class LlmArchModel(LlmArchPreTrainedModel):
         self.is_encoder = config.attention_mask_kind == "bidirectional"
         if config.position_embedding_type == "rope":
             self.rotary_emb = LlmArchRotaryEmbedding(config)
+        if config.position_embedding_type == "relative_buckets":
+            self.relative_position_bias = LlmArchRelativePositionBias(
+                config.num_attention_heads, config.relative_attention_num_buckets, config.relative_attention_max_distance,
+                bidirectional=config.attention_mask_kind == "bidirectional",
+            )
+        self.sinusoidal_positions = config.position_embedding_type == "sinusoidal"
+        self.has_cross_attention = config.cross_attention
         self.gradient_checkpointing = False
         # Facts about the stack, read once: the config's __getattribute__ is slow per decode step.
         self.mask_types = layer_mask_types(config)
@@ -132,13 +141,18 @@ class LlmArchModel(LlmArchPreTrainedModel):
         past_key_values: Cache | None = None,
         token_type_ids: torch.LongTensor | None = None,
         prefix_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.FloatTensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        encoder_position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> LlmArchModelOutput:
         """`cache` and `past_key_values` are the same argument (transformers 5.24 renamed it).
 
         `token_type_ids` [B, T]: segment ids (BERT), with `type_vocab_size` > 0. `prefix_mask` [B, T]
         bool: the tokens of this chunk that form the prefix, for `attention_mask_kind='prefix'`
-        (None: no prefix, the chunk is causal)."""
+        (None: no prefix, the chunk is causal). `encoder_hidden_states` [B, S, H] with its padding
+        mask [B, S] and positions (RoPE cross-attention): what a decoder stack with
+        `cross_attention` attends to; its cache is then an EncoderDecoderCache."""
         compat.check_forward_kwargs(type(self).__name__, kwargs)
         cache = compat.resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
@@ -159,6 +173,10 @@ class LlmArchModel(LlmArchPreTrainedModel):
         fresh_cache = use_cache and cache is None
         if fresh_cache:
             cache = DynamicCache(config=self.config)
+            if self.has_cross_attention:
+                cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))
+        # Self-attention reads the self half of an encoder-decoder cache; cross-attention its cross half.
+        cross_cache, cache = (cache, cache.self_attention_cache) if isinstance(cache, EncoderDecoderCache) else (None, cache)
         seq_len = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = self._next_positions(cache, seq_len, inputs_embeds.device, attention_mask)
@@ -175,6 +193,14 @@ class LlmArchModel(LlmArchPreTrainedModel):
         masks = self._build_masks(attention_mask, hidden_states, mask_cache, position_ids, prefix_mask)
         token_mask = masks["linear_attention"]
         position_embeddings = self.rotary_emb(hidden_states, position_ids) if hasattr(self, "rotary_emb") else None
+        if hasattr(self, "relative_position_bias"):
+            masks = self._add_relative_bias(masks, position_ids, cache, seq_len, hidden_states.dtype)
+        if self.has_cross_attention:
+            kwargs["cross_inputs"] = self._cross_inputs(
+                hidden_states, encoder_hidden_states, encoder_attention_mask, encoder_position_ids, position_embeddings, cross_cache
+            )
+        elif encoder_hidden_states is not None:
+            raise ValueError("encoder_hidden_states were passed but cross_attention=False: this stack has no cross-attention")
 
         aux_losses = []
         if self.shares_across_layers:
@@ -199,7 +225,33 @@ class LlmArchModel(LlmArchPreTrainedModel):
             hidden_states = self.norm(hidden_states)
         if self.residual_in_fp32:  # the fp32 stream leaves in the model dtype, for the heads
             hidden_states = hidden_states.to(self.embed_tokens.weight.dtype)
-        return LlmArchModelOutput(last_hidden_state=hidden_states, aux_loss=aux_loss, **compat.cache_kwargs(cache))
+        out_cache = cross_cache if cross_cache is not None else cache
+        return LlmArchModelOutput(last_hidden_state=hidden_states, aux_loss=aux_loss, **compat.cache_kwargs(out_cache))
+
+    def _cross_inputs(self, hidden_states, encoder_states, encoder_mask, encoder_positions, query_rotary, cache) -> dict:
+        """The cross-attention's arguments, shared by every decoder block: the encoder's padding mask
+        as a [B, 1, T, S] mask (None when nothing is padded), and with RoPE the rotary of the
+        encoder's positions for its keys (the queries keep the decoder's)."""
+        if encoder_states is None:
+            raise ValueError("a stack with cross_attention=True needs encoder_hidden_states (the encoder's output)")
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=encoder_mask, encoder_hidden_states=encoder_states
+        )
+        inputs = dict(encoder_hidden_states=encoder_states, attention_mask=mask, cache=cache)
+        if hasattr(self, "rotary_emb"):
+            if encoder_positions is None:
+                encoder_positions = torch.arange(encoder_states.shape[1], device=encoder_states.device)[None]
+            inputs |= dict(query_rotary=query_rotary, key_rotary=self.rotary_emb(encoder_states, encoder_positions))
+        return inputs
+
+    def _add_relative_bias(self, masks: dict, position_ids, cache, seq_len: int, dtype) -> dict:
+        """T5's learned relative-position bias, computed once per forward and added to the
+        self-attention mask (as an additive float mask) of every layer."""
+        bias = self.relative_position_bias(position_ids, self._past_length(cache) + seq_len).to(dtype)  # [1 or B, H, T, S]
+        mask = masks["full_attention"]
+        if mask is not None:
+            bias = bias + (mask if mask.is_floating_point() else torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype))
+        return masks | {"full_attention": bias}
 
     def _add_embeddings(self, hidden_states, position_ids, token_type_ids) -> torch.Tensor:
         """Token embeddings [B, T, E] plus positions and token types, normed, dropped out and lifted
@@ -207,6 +259,8 @@ class LlmArchModel(LlmArchPreTrainedModel):
         if hasattr(self, "embed_positions"):
             offset = self.position_offset
             hidden_states = hidden_states + self.embed_positions(position_ids + offset if offset else position_ids)
+        elif self.sinusoidal_positions:
+            hidden_states = hidden_states + sinusoidal_embeddings(position_ids, hidden_states.shape[-1]).to(hidden_states.dtype)
         if hasattr(self, "embed_token_types"):
             if token_type_ids is None:  # BERT's default: every token in segment 0
                 token_type_ids = torch.zeros(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)

@@ -55,13 +55,16 @@ def apply_rotary(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate query and key ([B, H, T, D] with head_dim_axis=1, or [B, T, H, D] with 2) by cos/sin
     [B, T, R]; with R < D (partial RoPE) only the first R channels rotate."""
+    return apply_rotary_one(query, cos, sin, head_dim_axis), apply_rotary_one(key, cos, sin, head_dim_axis)
+
+
+def apply_rotary_one(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim_axis: int = 1) -> torch.Tensor:
+    """`apply_rotary` for one tensor (cross-attention turns queries and keys by different positions)."""
     cos, sin = cos.unsqueeze(head_dim_axis), sin.unsqueeze(head_dim_axis)
     width = cos.shape[-1]
-    if width == query.shape[-1]:
-        return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
-    return tuple(
-        torch.cat([x[..., :width] * cos + rotate_half(x[..., :width]) * sin, x[..., width:]], dim=-1) for x in (query, key)
-    )
+    if width == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    return torch.cat([x[..., :width] * cos + rotate_half(x[..., :width]) * sin, x[..., width:]], dim=-1)
 
 
 def rotary_cos_sin(position_ids: torch.Tensor, dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
