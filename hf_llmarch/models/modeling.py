@@ -173,8 +173,8 @@ class LlmArchModel(LlmArchPreTrainedModel):
         fresh_cache = use_cache and cache is None
         if fresh_cache:
             cache = DynamicCache(config=self.config)
-            if self.has_cross_attention:
-                cache = EncoderDecoderCache(cache, DynamicCache(config=self.config))
+            if self.has_cross_attention:  # the cross half keeps every encoder key in every layer
+                cache = EncoderDecoderCache(cache, DynamicCache())
         # Self-attention reads the self half of an encoder-decoder cache; cross-attention its cross half.
         cross_cache, cache = (cache, cache.self_attention_cache) if isinstance(cache, EncoderDecoderCache) else (None, cache)
         seq_len = inputs_embeds.shape[1]

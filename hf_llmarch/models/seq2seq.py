@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import GenerationMixin
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils.generic import can_return_tuple
 
@@ -182,6 +182,15 @@ class LlmArchForConditionalGeneration(LlmArchPreTrainedModel, GenerationMixin):
 
     def get_encoder(self):
         return self.model.encoder
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """transformers builds the cross half from the config's layer types, which would give a
+        recurrent or sliding decoder layer a state or a window where its cross-attention keeps every
+        encoder key: the cross half is a plain per-layer key/value cache."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get(compat.CACHE_ARG)
+        if isinstance(cache, EncoderDecoderCache) and type(cache.cross_attention_cache) is DynamicCache:
+            model_kwargs[compat.CACHE_ARG] = EncoderDecoderCache(cache.self_attention_cache, DynamicCache())
 
     def get_decoder(self):
         return self.model.decoder

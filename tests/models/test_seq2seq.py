@@ -40,9 +40,25 @@ def _batch():
     return ids, mask, labels
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_cached_decoding_equals_the_full_forward(variant):
-    model, (ids, mask, labels) = _model(variant), _batch()
+# Any causal mixer may sit in the decoder: each block adds cross-attention after it.
+DECODER_STACKS = {
+    "retention": dict(layer_pattern="retention/mlp attn/mlp"),
+    "mamba2": dict(layer_pattern="mamba2/mlp attn/mlp", mamba2_chunk_size=4, mamba2_head_dim=8),
+    "gated_deltanet": dict(layer_pattern="gated_deltanet/mlp attn/mlp", delta_chunk_size=4),
+    "rwkv7": dict(layer_pattern="rwkv7/rwkv_cmix attn/mlp", rwkv7_head_dim=8, rwkv7_chunk_size=4),
+    "hyena": dict(layer_pattern="hyena/mlp attn/mlp"),
+    "swa": dict(layer_pattern="swa/mlp attn/mlp", sliding_window=3),
+    "mla": dict(layer_pattern="(mla/mlp)x2", q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8),
+    "moe": dict(layer_pattern="attn/moe attn/mlp", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
+}
+CACHE_CASES = [(variant, {}) for variant in VARIANTS] + [("redllm", stack) for stack in DECODER_STACKS.values()]
+
+
+@pytest.mark.parametrize(("variant", "decoder"), CACHE_CASES, ids=[*VARIANTS, *(f"redllm-{name}" for name in DECODER_STACKS)])
+def test_cached_decoding_equals_the_full_forward(variant, decoder):
+    """Prefill three target tokens, then one at a time: the cross half of the cache keeps every
+    encoder key in every layer, whatever the decoder layer's own state is (window, recurrence)."""
+    model, (ids, mask, labels) = _model(variant, **decoder), _batch()
     decoder_ids = model.prepare_decoder_input_ids_from_labels(labels)
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
@@ -57,9 +73,9 @@ def test_cached_decoding_equals_the_full_forward(variant):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_generate_greedy_sampling_and_beams_and_padding_changes_nothing(variant):
-    model, (ids, mask, _) = _model(variant), _batch()
+@pytest.mark.parametrize(("variant", "decoder"), CACHE_CASES, ids=[*VARIANTS, *(f"redllm-{name}" for name in DECODER_STACKS)])
+def test_generate_greedy_sampling_and_beams_and_padding_changes_nothing(variant, decoder):
+    model, (ids, mask, _) = _model(variant, **decoder), _batch()
     greedy = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
     alone = model.generate(input_ids=ids[1:, :5], max_new_tokens=6, do_sample=False)
     assert torch.equal(greedy[1, : alone.shape[1]], alone[0])  # the padded row decodes as it does alone
