@@ -157,19 +157,11 @@ class LlmArchModel(LlmArchPreTrainedModel):
         cache = compat.resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            # A checkpointed layer runs twice; a cache would take its update twice.
-            if cache is not None:
-                logger.warning("gradient checkpointing in training: the cache passed to forward is not used")
-            use_cache, cache = False, None
+        use_cache, cache = self._usable_cache(use_cache, cache)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         # Packed rows (padding-free batches) are told by position_ids restarting, as in transformers.
         sequence_starts = self._sequence_starts(position_ids, attention_mask, cache, inputs_embeds.shape[0])
-        if self.is_encoder:  # every token sees every other: there is nothing to decode from a cache
-            if cache is not None:
-                raise ValueError("attention_mask_kind='bidirectional' (an encoder) takes no cache: call it on the whole sequence")
-            use_cache = False
         fresh_cache = use_cache and cache is None
         if fresh_cache:
             cache = DynamicCache(config=self.config)
@@ -183,10 +175,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         if self.first_attention_layer is None:
             _advance_seen_tokens(cache, seq_len, inputs_embeds.device)
 
-        hidden_states = inputs_embeds
-        if self.embedding_multiplier != 1.0:
-            hidden_states = hidden_states * self.embedding_multiplier
-        hidden_states = self._add_embeddings(hidden_states, position_ids, token_type_ids)
+        hidden_states = self._add_embeddings(inputs_embeds, position_ids, token_type_ids)
         # A cache made in this call is empty: building masks without it keeps transformers'
         # packed-sequence detection, which it skips whenever a cache is passed.
         mask_cache = None if fresh_cache else cache
@@ -202,31 +191,42 @@ class LlmArchModel(LlmArchPreTrainedModel):
         elif encoder_hidden_states is not None:
             raise ValueError("encoder_hidden_states were passed but cross_attention=False: this stack has no cross-attention")
 
-        aux_losses = []
         if self.shares_across_layers:
             kwargs["shared_across_layers"] = {}
-        for block_idx in self.block_of_layer:
-            layer = self.layers[block_idx]
-            hidden_states, aux = layer(
-                hidden_states,
-                attention_mask=masks[layer.mask_type],
-                token_mask=token_mask,
-                sequence_starts=sequence_starts,
-                position_embeddings=position_embeddings,
-                position_ids=position_ids,
-                cache=cache,
-                use_cache=use_cache,
-                **kwargs,
-            )
-            if aux is not None:
-                aux_losses.append(aux)
-        aux_loss = torch.stack(aux_losses).mean() if aux_losses else None
+        layer_kwargs = dict(
+            token_mask=token_mask, sequence_starts=sequence_starts, position_embeddings=position_embeddings,
+            position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs,
+        )
+        hidden_states, aux_loss = self._run_layers(hidden_states, masks, layer_kwargs)
         if hasattr(self, "norm"):
             hidden_states = self.norm(hidden_states)
         if self.residual_in_fp32:  # the fp32 stream leaves in the model dtype, for the heads
             hidden_states = hidden_states.to(self.embed_tokens.weight.dtype)
         out_cache = cross_cache if cross_cache is not None else cache
         return LlmArchModelOutput(last_hidden_state=hidden_states, aux_loss=aux_loss, **compat.cache_kwargs(out_cache))
+
+    def _usable_cache(self, use_cache, cache):
+        """(use_cache, cache) for this call: none while gradient checkpointing trains (a checkpointed
+        layer runs twice, and a cache would take its update twice) or in an encoder."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if cache is not None:
+                logger.warning("gradient checkpointing in training: the cache passed to forward is not used")
+            return False, None
+        if self.is_encoder:  # every token sees every other: there is nothing to decode from a cache
+            if cache is not None:
+                raise ValueError("attention_mask_kind='bidirectional' (an encoder) takes no cache: call it on the whole sequence")
+            return False, None
+        return use_cache, cache
+
+    def _run_layers(self, hidden_states, masks: dict, layer_kwargs: dict):
+        """Every layer in order (a shared block at each of its depths); returns (hidden_states, mean aux loss or None)."""
+        aux_losses = []
+        for block_idx in self.block_of_layer:
+            layer = self.layers[block_idx]
+            hidden_states, aux = layer(hidden_states, attention_mask=masks[layer.mask_type], **layer_kwargs)
+            if aux is not None:
+                aux_losses.append(aux)
+        return hidden_states, (torch.stack(aux_losses).mean() if aux_losses else None)
 
     def _cross_inputs(self, hidden_states, encoder_states, encoder_mask, encoder_positions, query_rotary, cache) -> dict:
         """The cross-attention's arguments, shared by every decoder block: the encoder's padding mask
@@ -254,8 +254,10 @@ class LlmArchModel(LlmArchPreTrainedModel):
         return masks | {"full_attention": bias}
 
     def _add_embeddings(self, hidden_states, position_ids, token_type_ids) -> torch.Tensor:
-        """Token embeddings [B, T, E] plus positions and token types, normed, dropped out and lifted
-        to hidden_size, in BERT's order."""
+        """Token embeddings [B, T, E] scaled (muP, the original Transformer's sqrt(d)), plus positions
+        and token types, normed, dropped out and lifted to hidden_size, in BERT's order."""
+        if self.embedding_multiplier != 1.0:
+            hidden_states = hidden_states * self.embedding_multiplier
         if hasattr(self, "embed_positions"):
             offset = self.position_offset
             hidden_states = hidden_states + self.embed_positions(position_ids + offset if offset else position_ids)
