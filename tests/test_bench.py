@@ -397,3 +397,40 @@ def test_mtp_suite(tmp_path):
     tps = metrics["decode tokens/s"]
     for name in ("greedy", "mtp"):
         assert tps["values"][name] == pytest.approx(tokens / statistics.median(res["raw"]["decode_s"][name]))
+
+
+def test_topology_suite(tmp_path, capsys):
+    """Encoder vs BertModel, seq2seq vs T5 and BART at tiny shapes: parity first, then every row, each
+    speed recomputed from the raw times (no speed asserted)."""
+    from argparse import Namespace
+
+    from hf_llmarch.bench import topology
+
+    res = _run(tmp_path, "topology", "--markdown")
+    assert res["status"] == "ok"
+    out = capsys.readouterr().out
+    progress = [line for line in out.splitlines() if line.startswith("[topology]")]
+    assert progress[0].startswith("[topology] parity passed: ") and "ms" in progress[1]  # parity first, then timing
+    assert "| encoder forward tokens/s vs BertModel (tok/s) |" in out  # --markdown
+    parity, refs = res["parity"], ("T5ForConditionalGeneration", "BartForConditionalGeneration")
+    assert parity["passed"] is True and parity["max_abs_hidden_diff[BertModel]"] <= harness.PARITY_TOL
+    for ref in refs:
+        assert parity[f"max_abs_logit_diff[{ref}]"] <= harness.PARITY_TOL and parity[f"greedy_tokens_differing[{ref}]"] == 0
+    _check_metrics(res, ["ours", "transformers"])
+    rows = [
+        ("encoder forward", "encode", "BertModel"), ("generate", "generate", refs[0]), ("train", "train", refs[0]),
+        ("generate", "generate", refs[1]),
+    ]
+    metrics, raw = res["metrics"], res["raw"]
+    assert list(metrics) == [f"{name} {what} vs {ref}" for name, _, ref in rows for what in ("tokens/s", "peak memory")]
+    tokens = topology.tokens_per_call(Namespace(quick=True, **QUICK))
+    for name, call, ref in rows:
+        speed, memory = metrics[f"{name} tokens/s vs {ref}"], metrics[f"{name} peak memory vs {ref}"]
+        for model in ("ours", "transformers"):
+            times = raw["seconds"][f"{call}/{ref}"][model]
+            assert len(times) == QUICK["repeats"]
+            assert speed["values"][model] == pytest.approx(tokens[call] / statistics.median(times))
+            assert memory["values"][model] is None or memory["values"][model] >= 0  # n/a off Linux
+        assert speed["ratio"] == pytest.approx(speed["values"]["ours"] / speed["values"]["transformers"])
+        assert speed["goal"] == ">= 1.0" and speed["pass"] == (speed["ratio"] >= 1.0)
+    assert "threads" in res["setup_text"] and f"median of {QUICK['repeats']}" in res["setup_text"]

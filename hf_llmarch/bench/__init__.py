@@ -36,6 +36,10 @@ machine noise hits every model alike; every reported number is the median over r
             `--mixers` entry, trained on MQAR, then held-out accuracy per number of key-value pairs beside
             the bytes a layer caches; the survey's "Gated DeltaNet beats Mamba-2 on recall" against the
             measured means; `--plot PATH` saves accuracy vs pairs. Accuracy, not speed: no parity gate.
+* topology: `llmarch_encoder` converted with `from_hf` from a random `BertModel` (forward tokens/s without
+            grad, peak memory) and `llmarch_seq2seq` from random `T5ForConditionalGeneration` /
+            `BartForConditionalGeneration` (greedy `generate` tokens/s, peak memory; T5 also forward+backward
+            tokens/s), same weights; parity: hidden states at real positions, logits, greedy tokens.
 
 A suite that compares ours with a transformers model reports a speed only once parity holds (fp32
 logits within tolerance and equal greedy tokens; for the moe block, outputs and input gradients;
@@ -67,10 +71,11 @@ from .recall import bench_recall
 from .report import format_markdown, format_table
 from .settings import SUITES, add_arguments, resolve_settings
 from .ssm import bench_ssm
+from .topology import bench_topology
 
 SUITE_FNS = {
     "dense": bench_dense, "overhead": bench_overhead, "hybrid": bench_hybrid, "moe": bench_moe, "ssm": bench_ssm,
-    "mla": bench_mla, "mtp": bench_mtp, "linear": bench_linear, "recall": bench_recall,
+    "mla": bench_mla, "mtp": bench_mtp, "linear": bench_linear, "recall": bench_recall, "topology": bench_topology,
 }
 
 __all__ = ["SUITES", "SUITE_FNS", "add_arguments", "format_markdown", "format_table", "main", "run"]

@@ -6,7 +6,7 @@ import importlib.util
 
 import torch
 
-SUITES = ("dense", "overhead", "hybrid", "moe", "ssm", "mla", "mtp", "linear", "recall")
+SUITES = ("dense", "overhead", "hybrid", "moe", "ssm", "mla", "mtp", "linear", "recall", "topology")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
