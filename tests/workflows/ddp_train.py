@@ -6,10 +6,10 @@ import os
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, Trainer, TrainingArguments
 
 import hf_llmarch
-from hf_llmarch.data import MLMCollator, PrefixLMCollator
+from hf_llmarch.data import MLMCollator, PrefixLMCollator, PrefixToSeq2SeqCollator
 
 # Run as a script by torchrun: make the tests' shared helpers importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -17,13 +17,16 @@ from conftest import CPU_TRAINING, RepeatTask, logged_losses  # noqa: E402
 
 
 def _model_and_collator(preset: str):
-    """`<preset>` trains as a causal LM; an encoder preset as a masked LM; `<preset>:prefix` as a
-    prefix LM (the first half of each row is its bidirectional prefix)."""
+    """`<preset>` trains as a causal LM; an encoder preset as a masked LM; an encoder-decoder preset on
+    the prefix-to-target split (RedLLM's objective); `<preset>:prefix` as a prefix LM (the first half of
+    each row is its bidirectional prefix)."""
     preset, _, topology = preset.partition(":")
     fields = dict(hidden_size=64, intermediate_size=128, moe_intermediate_size=64)
     if topology == "prefix":
         fields["attention_mask_kind"] = "prefix"
     config = hf_llmarch.load_preset(preset, **fields)
+    if config.is_encoder_decoder:
+        return AutoModelForSeq2SeqLM.from_config(config), PrefixToSeq2SeqCollator(pad_token_id=config.pad_token_id, eos_token_id=256)
     if config.attention_mask_kind == "bidirectional":
         collator = MLMCollator(mask_token_id=255, pad_token_id=config.pad_token_id, vocab_size=250)
         return AutoModelForMaskedLM.from_config(config), collator

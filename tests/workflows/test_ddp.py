@@ -22,7 +22,8 @@ def _torchrun(script: str, *args):
 
 
 @pytest.mark.parametrize(
-    "preset", ["llama-tiny", "hybrid-tiny", "qwen2-moe-tiny", "mamba2-tiny", "jamba-tiny", "falcon-h1-tiny", "bert-tiny", "llama-tiny:prefix"]
+    "preset", ["llama-tiny", "hybrid-tiny", "qwen2-moe-tiny", "mamba2-tiny", "jamba-tiny", "falcon-h1-tiny", "bert-tiny", "llama-tiny:prefix",
+               "redllm-tiny"]
 )
 def test_two_process_ddp_trainer(tmp_path, preset):
     _torchrun("ddp_train.py", tmp_path, preset)

@@ -6,6 +6,7 @@ import ast
 import csv
 import importlib.util
 import inspect
+import json
 import math
 import os
 import re
@@ -213,3 +214,25 @@ def test_publish_uploads_model_tokenizer_and_card_in_one_commit(pretrained, tmp_
         actual = AutoModelForCausalLM.from_pretrained(remote)(ids).logits
     assert torch.equal(expected, actual)
     assert AutoTokenizer.from_pretrained(remote).pad_token == "<|pad|>"
+
+
+def test_compare_topologies_example(tmp_path):
+    # One thread: a tiny model on threads that the rest of the suite also wants is mostly spin-waiting.
+    args = ["--tiny", "--threads", "1", "--plot", "topologies.png", "--json", "topologies.json"]
+    out = _run_example("compare_topologies.py", *args, cwd=tmp_path)
+    assert "token budget: 4 steps x 2 x 16 = 128 tokens per model" in out
+    table = out.split("\nmodel ")[1].split("RedLLM cache (accounting)")[0].splitlines()[1:]
+    assert [line[:18].strip() for line in table] == ["causal decoder", "prefix decoder", "RedLLM (enc-dec)"]
+    verdicts = re.findall(r"survey claim: .+\n  measured: .+\n  -> (holds|does not hold|undecided) at this scale", out)
+    assert len(verdicts) == 4, out
+    assert (tmp_path / "topologies.png").stat().st_size > 10_000
+    report = json.loads((tmp_path / "topologies.json").read_text())
+    results = report["results"]
+    params = [r["params"] for r in results.values()]
+    assert max(params) / min(params) < 1.05  # equal size, as the comparison claims
+    for kind, r in results.items():
+        assert r["cache_bytes_per_token"] == r["accounting_bytes_per_token"] > 0, kind
+        assert [tokens for tokens, _ in r["curve"]] == [0, 32, 64, 96, 128], kind  # 2 x 16 tokens a step
+        assert all(math.isfinite(loss) for loss in r["extrapolation"].values()) and r["tok_s"] > 0, kind
+    # The decoder's K/V in 4 layers, RedLLM's in 2 self + 2 cross layers: half per sequence token.
+    assert results["redllm"]["cache_bytes_per_token"] * 2 == results["decoder"]["cache_bytes_per_token"]
