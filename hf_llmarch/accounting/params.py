@@ -171,7 +171,8 @@ def layer_counts(config, stored: bool = False) -> dict:
     `cross_attention`: a decoder stack's cross-attention (plain attention of the config's heads, in
     every layer whatever its mixer); its norms are among `norms`."""
     h, e, k = config.hidden_size, config.num_experts, config.num_experts_per_tok
-    per_expert = 3 * h * config.moe_intermediate_size  # gate_up [2I, H] + down [H, I]
+    # gate_up [2I, H] (or a plain expert's up [I, H]) + down [H, I]
+    per_expert = (3 if config.mlp_gated else 2) * h * config.moe_intermediate_size
     mixers: dict[str, Params] = {}
     dense = experts = experts_active = router = shared_experts = cross = (0, 0)
     norms = 0

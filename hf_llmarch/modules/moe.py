@@ -19,13 +19,17 @@ __all__ = [
 
 
 class MoEExperts(nn.Module):
-    """E SwiGLU-style experts stored as fused 3D weights in the transformers v5 (MixtralExperts) layout."""
+    """E experts stored as fused 3D weights in the transformers v5 (MixtralExperts) layout: SwiGLU-style
+    (gate_up_proj [E, 2I, H]), or plain as Switch Transformers' ReLU FFNs (`gated=False`: the input
+    projection alone, gate_up_proj [E, I, H]); the experts follow the config's `mlp_gated`."""
 
-    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, hidden_act: str, impl: str = "auto"):
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, hidden_act: str, impl: str = "auto",
+                 gated: bool = True):
         super().__init__()
         self.num_experts = num_experts
         self.impl = validate_moe_impl(impl)
-        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))  # [E, 2I, H]
+        rows = (2 if gated else 1) * intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, rows, hidden_size))  # [E, 2I or I, H]
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))  # [E, H, I]
         self.act_fn = ACT2FN[hidden_act]
 
@@ -65,7 +69,8 @@ class MoEFeedForward(nn.Module):
         self.gate = nn.Linear(config.hidden_size, self.num_experts, bias=False)
         self.router = build_router(config)
         self.experts = MoEExperts(
-            self.num_experts, config.hidden_size, config.moe_intermediate_size, config.hidden_act, config.moe_impl
+            self.num_experts, config.hidden_size, config.moe_intermediate_size, config.hidden_act, config.moe_impl,
+            gated=config.mlp_gated,
         )
         shared_size = config.shared_expert_intermediate_size
         self.shared_expert = build_mlp(config, shared_size) if shared_size else None

@@ -9,13 +9,14 @@ from hf_llmarch.ops.moe import experts_grouped, experts_naive, grouped_mm_usable
 from hf_llmarch.ops.moe import grouped as grouped_mod
 
 
-def make_case(n, h, i, e, k, dtype, seed=0):
-    """Random inputs; expert e-1 never receives a token, and every token has k distinct experts."""
+def make_case(n, h, i, e, k, dtype, seed=0, gated=True):
+    """Random inputs; expert e-1 never receives a token, and every token has k distinct experts.
+    `gated=False`: plain experts (Switch's), gate_up [E, I, H]."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, h, generator=g, dtype=dtype, requires_grad=True)
     topk_idx = torch.rand(n, e - 1, generator=g).argsort(-1)[:, :k]  # [N, k], never e-1
     topk_weight = torch.rand(n, k, generator=g, dtype=dtype).requires_grad_()
-    gate_up = (0.3 * torch.randn(e, 2 * i, h, generator=g, dtype=dtype)).requires_grad_()
+    gate_up = (0.3 * torch.randn(e, (2 if gated else 1) * i, h, generator=g, dtype=dtype)).requires_grad_()
     down = (0.3 * torch.randn(e, h, i, generator=g, dtype=dtype)).requires_grad_()
     return x, topk_idx, topk_weight, gate_up, down
 
@@ -55,6 +56,24 @@ def test_grouped_matches_naive(monkeypatch, dtype, tol, k, use_grouped_mm):
     assert all(torch.equal(c, routed) for c in counts)
     for dgate_up in (ref[2], got[2]):  # exactly the experts that got tokens get a gradient
         assert torch.equal(dgate_up.flatten(1).abs().sum(1) > 0, routed > 0)
+
+
+def test_plain_experts_are_act_of_up_then_down_on_every_path():
+    """Switch-style experts (no gate): the oracle equals a hand loop, and every fast path the oracle."""
+    case = make_case(n=23, h=16, i=8, e=5, k=2, dtype=torch.float64, gated=False)
+    x, topk_idx, topk_weight, up, down = case
+    with torch.no_grad():
+        by_hand = torch.stack([
+            sum(topk_weight[n, j] * down[e] @ F.relu(up[e] @ x[n]) for j, e in enumerate(topk_idx[n].tolist()))
+            for n in range(x.shape[0])
+        ])
+        torch.testing.assert_close(experts_naive(x, topk_idx, topk_weight, up, down, F.relu), by_hand)
+    ref = fwd_bwd(experts_naive, case)
+    few = make_case(n=2, h=16, i=8, e=5, k=2, dtype=torch.float64, gated=False)
+    for fn, inputs in ((experts_grouped, case), (grouped_mod._experts_by_pair, few), (grouped_mod._experts_gathered, few)):
+        expected = ref if inputs is case else fwd_bwd(experts_naive, few)
+        for name, r, g in zip(["y", "dx", "dup", "ddown", "dweight"], expected, fwd_bwd(fn, inputs)):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, msg=f"{fn.__name__} {name}")
 
 
 @pytest.mark.parametrize("n,k", [(1, 1), (1, 2), (3, 2), (5, 3)])

@@ -5,6 +5,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .naive import expert_hidden
+
 _GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 # On CPU, torch 2.13's grouped_mm is a C++ loop of per-group mm calls (multithreaded BLAS). It gives exactly
@@ -97,8 +99,8 @@ def experts_grouped(
     gemm = _gemm_grouped_mm if grouped_mm_usable(x, gate_up_proj, down_proj) else _gemm_slices
 
     xs = x[order // k]  # [N*k, H] token rows in expert order
-    gate, up = gemm(xs, gate_up_proj, counts).chunk(2, dim=-1)  # [N*k, I] each
-    ys = gemm(act_fn(gate) * up, down_proj, counts)  # [N*k, H]
+    hidden = expert_hidden(gemm(xs, gate_up_proj, counts), act_fn, down_proj)  # [N*k, I]
+    ys = gemm(hidden, down_proj, counts)  # [N*k, H]
 
     inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
     y = ys[inv].view(n, k, -1)  # [N, k, H] back in pair order
@@ -112,8 +114,8 @@ def _experts_by_pair(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn) 
     for n, experts in enumerate(topk_idx.tolist()):
         acc = None
         for j, e in enumerate(experts):
-            gate, up = F.linear(x[n], gate_up_proj[e]).chunk(2, dim=-1)  # [I] each
-            h = F.linear(act_fn(gate) * up, down_proj[e]) * topk_weight[n, j]  # [H]
+            hidden = expert_hidden(F.linear(x[n], gate_up_proj[e]), act_fn, down_proj)  # [I]
+            h = F.linear(hidden, down_proj[e]) * topk_weight[n, j]  # [H]
             acc = h if acc is None else acc + h
         rows.append(acc)
     return torch.stack(rows).to(x.dtype)  # [N, H]
@@ -124,6 +126,6 @@ def _experts_gathered(x, topk_idx, topk_weight, gate_up_proj, down_proj, act_fn)
     n, k = topk_idx.shape
     flat = topk_idx.reshape(-1)  # [P]
     xs = x.repeat_interleave(k, dim=0).unsqueeze(-1)  # [P, H, 1]
-    gate, up = torch.bmm(gate_up_proj[flat], xs).squeeze(-1).chunk(2, dim=-1)  # [P, I] each
-    ys = torch.bmm(down_proj[flat], (act_fn(gate) * up).unsqueeze(-1)).squeeze(-1)  # [P, H]
+    hidden = expert_hidden(torch.bmm(gate_up_proj[flat], xs).squeeze(-1), act_fn, down_proj)  # [P, I]
+    ys = torch.bmm(down_proj[flat], hidden.unsqueeze(-1)).squeeze(-1)  # [P, H]
     return (ys.view(n, k, -1) * topk_weight.unsqueeze(-1)).sum(1).to(x.dtype)

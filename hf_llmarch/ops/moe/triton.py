@@ -44,6 +44,8 @@ def triton_unusable_reason(x: torch.Tensor, gate_up_proj: torch.Tensor, down_pro
     dtypes = (x.dtype, gate_up_proj.dtype, down_proj.dtype)
     if len(set(dtypes)) > 1 or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return f"it needs x and both expert weights in one of float32/float16/bfloat16, got {dtypes}"
+    if gate_up_proj.shape[1] == down_proj.shape[2]:
+        return "it runs gated (SwiGLU) experts only; these are plain (gate_up_proj [E, I, H])"
     if not (act_fn is F.silu or isinstance(act_fn, _SILU_TYPES)):
         name = getattr(act_fn, "__name__", type(act_fn).__name__)
         return f"it supports only the SiLU activation (hidden_act='silu'), got {name}"
