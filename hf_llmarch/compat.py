@@ -63,6 +63,10 @@ UNSUPPORTED_FLAGS = ("output_router_logits",)
 # given the answer from the token count the backbone keeps on it (`llmarch_seen_tokens`).
 GENERATE_ASKS_RECURRENT_LENGTH = Version(transformers.__version__).release < (5, 24)
 
+# Switch Transformers applies its expert capacity (per sequence) from 5.24 on; in 5.17 its router's cumsum
+# runs over a size-1 axis, so no token is ever dropped (ours drops past capacity, as Switch does).
+NATIVE_SWITCH_APPLIES_CAPACITY = Version(transformers.__version__).release >= (5, 24)
+
 # Expert parallelism (`base_model_ep_plan`, loaded with `DistributedConfig(ep_size=..., ep_implementation=...)`)
 # needs 5.23, which added `ep_implementation` (all-to-all or all-reduce token dispatch) to the
 # `ep_dispatch_experts` style of 5.19. Before 5.19 EP was `enable_expert_parallel` with Mixtral's

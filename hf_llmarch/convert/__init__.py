@@ -72,7 +72,8 @@ def from_hf(path_or_model, dtype: torch.dtype | str | None = None) -> LlmArchFor
     falcon_h1.
 
     Encoders (bert / roberta / albert / electra) become the `llmarch_encoder` class of the same head
-    (`convert/encoders.py`).
+    (`convert/encoders.py`), encoder-decoders (t5 / switch_transformers / bart) `llmarch_seq2seq`
+    (`convert/seq2seq.py`).
 
     `dtype=None` keeps the dtype the weights are stored in."""
     native_config, src, attn = _open_native(path_or_model)

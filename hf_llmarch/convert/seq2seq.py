@@ -1,6 +1,8 @@
-"""Native encoder-decoders (t5, bart) <-> llmarch_seq2seq, for the bare model and the Seq2SeqLM
+"""Native encoder-decoders (t5, switch_transformers, bart) <-> llmarch_seq2seq, for the bare model and the Seq2SeqLM
 head. Every tensor is consumed or the conversion fails; tied tables (the shared embedding, a tied
 output layer) are taken once and checked equal wherever the file repeats them."""
+
+import re
 
 import torch
 import transformers
@@ -54,10 +56,14 @@ def to_native(model, target: str | None):
     native_config = t5_bart.config_to_hf(config, target, native_cls.config_class)
     expected = expected_shapes(native_cls, native_config)
     ours, our_prefix = model.state_dict(), _our_prefix(type(model))
-    prefix = "" if target == "t5" or native_cls.__name__.endswith("Model") else "model."
+    prefix = "model." if target == "bart" and not native_cls.__name__.endswith("Model") else ""
     native_of = {_native_key(key, target, config, prefix): key for key in ours if key != our_prefix + DECODER_COPY}
     state_dict = {}
     for key, shape in expected.items():
+        expert = _expert_of(key, native_of)
+        if expert is not None:
+            state_dict[key] = ours[expert[0]][expert[1]]
+            continue
         if key not in native_of and not _is_native_copy(key, prefix, native_of):
             raise CheckpointError(f"the native {native_cls.__name__} expects {key!r}, which no tensor of ours maps to")
         tensor = ours[native_of.get(key, our_prefix + SHARED_KEY)]
@@ -65,6 +71,15 @@ def to_native(model, target: str | None):
     native = build_model(native_cls, native_config, state_dict, model.dtype, config._attn_implementation)
     _check_nothing_overwritten(native, state_dict)
     return native
+
+
+def _expert_of(native_key: str, native_of: dict) -> tuple[str, int] | None:
+    """(our fused key, expert index) of a native per-expert key (`...expert_3.wi.weight`), else None."""
+    match = re.search(r"expert_(\d+)\.", native_key)
+    if match is None:
+        return None
+    template = native_key[: match.start()] + "expert_" + t5_bart.EXPERT + "." + native_key[match.end() :]
+    return (native_of[template], int(match.group(1))) if template in native_of else None
 
 
 def _check_nothing_overwritten(native, state_dict: dict) -> None:
@@ -92,8 +107,8 @@ def _our_prefix(model_cls) -> str:
 
 
 def _native_prefix(source: str, model_cls, src: TensorSource) -> str:
-    """BART's heads nest the base model under `model.`; T5's do not."""
-    if source == "t5" or model_cls is LlmArchSeq2SeqModel:
+    """BART's heads nest the base model under `model.`; T5's and Switch's do not."""
+    if source != "bart" or model_cls is LlmArchSeq2SeqModel:
         return ""
     return "model." if any(k.startswith("model.") for k in src.keys()) else ""
 
@@ -111,6 +126,8 @@ def _take(src: TensorSource, key: str, shape, source: str, config, prefix: str) 
     native = _native_key(key, source, config, prefix)
     if key == BIAS_KEY:  # BART's final_logits_bias is [1, V]
         return src.take(native, (1, *shape)).reshape(shape)
+    if t5_bart.EXPERT in native:  # Switch keeps one tensor per expert: stack them into [E, ...]
+        return torch.stack([src.take(native.replace(t5_bart.EXPERT, str(e)), shape[1:]) for e in range(shape[0])])
     return src.take(native, shape)
 
 

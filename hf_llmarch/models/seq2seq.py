@@ -11,6 +11,7 @@ row whose input has n real tokens is at position n + t, so RoPE in cross-attenti
 """
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,6 +26,20 @@ from ..configuration import LlmArchConfig
 from .modeling import LlmArchModel, LlmArchPreTrainedModel
 
 IGNORE_INDEX = -100
+
+
+@dataclass
+class LlmArchSeq2SeqModelOutput(Seq2SeqModelOutput):
+    """`aux_loss`: the routers' weighted losses of both stacks (None without MoE layers)."""
+
+    aux_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class LlmArchSeq2SeqLMOutput(Seq2SeqLMOutput):
+    """`loss` already includes `aux_loss` when labels are given."""
+
+    aux_loss: torch.FloatTensor | None = None
 
 
 class LlmArchSeq2SeqConfig(LlmArchConfig):
@@ -119,9 +134,9 @@ class LlmArchSeq2SeqModel(LlmArchPreTrainedModel):
         past_key_values: Cache | None = None,
         decoder_position_ids=None,
         **kwargs,
-    ) -> Seq2SeqModelOutput:
+    ) -> LlmArchSeq2SeqModelOutput:
         """`attention_mask` is the encoder's padding mask; `encoder_outputs` (generate() passes them)
-        skip the encoder."""
+        skip the encoder (and its router losses, which the call that ran it returned)."""
         cache = compat.resolve_cache(cache, past_key_values)
         encoder_positions = _real_positions(attention_mask, input_ids if input_ids is not None else inputs_embeds)
         if encoder_outputs is None:
@@ -139,7 +154,9 @@ class LlmArchSeq2SeqModel(LlmArchPreTrainedModel):
             position_ids=decoder_position_ids, cache=cache, use_cache=use_cache, encoder_hidden_states=encoder_states,
             encoder_attention_mask=attention_mask, encoder_position_ids=encoder_positions, **kwargs,
         )
-        return Seq2SeqModelOutput(
+        losses = [loss for loss in (getattr(encoder_outputs, "aux_loss", None), decoded.aux_loss) if loss is not None]
+        return LlmArchSeq2SeqModelOutput(
+            aux_loss=sum(losses) if losses else None,
             last_hidden_state=decoded.last_hidden_state,
             decoder_hidden_states=decoded.hidden_states,
             decoder_attentions=decoded.attentions,
@@ -215,7 +232,7 @@ class LlmArchForConditionalGeneration(LlmArchPreTrainedModel, GenerationMixin):
         use_cache=None,
         past_key_values: Cache | None = None,
         **kwargs,
-    ) -> Seq2SeqLMOutput:
+    ) -> LlmArchSeq2SeqLMOutput:
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
         outputs = self.model(
@@ -230,8 +247,11 @@ class LlmArchForConditionalGeneration(LlmArchPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=IGNORE_INDEX)
-        return Seq2SeqLMOutput(
+            if outputs.aux_loss is not None:
+                loss = loss + outputs.aux_loss
+        return LlmArchSeq2SeqLMOutput(
             loss=loss,
+            aux_loss=outputs.aux_loss,
             logits=logits,
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,

@@ -11,7 +11,8 @@ from transformers.activations import ACT2FN
 from ..ops.moe import moe_experts, validate_moe_impl
 from .mlp import build_mlp
 from .router_stats import RouterAux, RouterOutput, count_tokens_per_expert, load_entropy, router_losses
-from .routers import DeepSeekRouter, build_router, validate_router_config
+from .router_registry import build_router, validate_router_config
+from .routers import DeepSeekRouter
 
 __all__ = [
     "BiasUpdateCallback", "MoEExperts", "MoEFeedForward", "MoEStatsCallback", "count_tokens_per_expert", "router_losses",
@@ -113,6 +114,8 @@ class MoEFeedForward(nn.Module):
         # The router runs in fp32 even under autocast (Switch "selective precision"); entering the
         # autocast context costs host time at every decode step, so only when autocast is on.
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if self.training and self.router.jitter_noise > 0:  # Switch's input jitter
+            x = x * torch.empty_like(x).uniform_(1.0 - self.router.jitter_noise, 1.0 + self.router.jitter_noise)
         if not torch.is_autocast_enabled(x.device.type):
             return F.linear(x.to(wide), self.gate.weight.to(wide))
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -141,8 +144,9 @@ class MoEFeedForward(nn.Module):
         x = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, H]
         # The aux loss is a training objective: pure inference (e.g. generate) skips it.
         compute_losses = self.training or torch.is_grad_enabled()
-        # Only sequence-wise losses read the ids: inference skips building them.
-        sequences = sequence_ids(hidden_states, sequence_starts) if compute_losses and hidden_states.dim() == 3 else None
+        # Sequence-wise losses and per-sequence capacity read the ids; other inference skips building them.
+        wants_sequences = compute_losses or self.router.needs_sequences
+        sequences = sequence_ids(hidden_states, sequence_starts) if wants_sequences and hidden_states.dim() == 3 else None
         topk_idx, topk_weight, aux = self.route(x, token_mask, sequences, compute_losses)
         out = self.experts(x, topk_idx, topk_weight)  # [N, H]
         if self.shared_expert is not None:

@@ -42,6 +42,9 @@ class Router(nn.Module):
 
     FIELDS: dict = {}
 
+    jitter_noise = 0.0  # multiplicative noise on the router input in training (Switch)
+    needs_sequences = False  # the router reads the sequence ids even without losses
+
     def __init__(self, config):
         super().__init__()
         self.num_experts = config.num_experts
@@ -157,15 +160,20 @@ class SwitchRouter(Router):
     """Switch Transformer top-1 with expert capacity.
 
     p = softmax(logits), expert = argmax p, weight = p[expert]. capacity = ceil(capacity_factor * N_real / E)
-    (layers.md §1a: "(tokens_per_batch / E) * capacity_factor", rounded up). Real tokens beyond capacity in
-    their expert, in token order, are dropped: weight 0, so the block outputs exactly 0 and the residual
-    carries them. Padded tokens take no capacity. Losses as Mixtral (k = 1, before dropping)."""
+    (layers.md §1a: "(tokens_per_batch / E) * capacity_factor", rounded up), or, with `expert_capacity`
+    set, that many tokens per expert in each sequence (Switch Transformers' checkpoints). Real tokens
+    beyond capacity in their expert, in token order, are dropped: weight 0, so the block outputs exactly
+    0 and the residual carries them. Padded tokens take no capacity. Losses as Mixtral (k = 1, before
+    dropping). `router_jitter_noise` multiplies the router's input by U(1 - j, 1 + j) in training."""
 
-    FIELDS = {"capacity_factor": 1.25}
+    FIELDS = {"capacity_factor": 1.25, "expert_capacity": None, "router_jitter_noise": 0.0}
 
     def __init__(self, config):
         super().__init__(config)
         self.capacity_factor = config.capacity_factor
+        self.expert_capacity = config.expert_capacity
+        self.jitter_noise = config.router_jitter_noise
+        self.needs_sequences = self.expert_capacity is not None  # capacity counts per sequence
 
     @classmethod
     def validate(cls, config) -> None:
@@ -174,6 +182,12 @@ class SwitchRouter(Router):
             f"num_experts_per_tok={config.num_experts_per_tok} but router_type='switch' routes each token to "
             "exactly one expert: set num_experts_per_tok=1",
         )
+        capacity = config.expert_capacity
+        _check(
+            capacity is None or (isinstance(capacity, int) and not isinstance(capacity, bool) and capacity >= 1),
+            f"expert_capacity={capacity!r} must be a positive number of tokens per expert and sequence, or None",
+        )
+        _check(0.0 <= config.router_jitter_noise < 1.0, f"router_jitter_noise={config.router_jitter_noise!r} must lie in [0, 1)")
 
     def capacity(self, n_real: torch.Tensor) -> torch.Tensor:
         """ceil(capacity_factor * n_real / E), kept on the device: a host read would sync and break compile."""
@@ -182,7 +196,7 @@ class SwitchRouter(Router):
     def forward(self, x, logits, real, sequences, compute_losses=True) -> RouterOutput:
         probs = logits.softmax(dim=-1)  # [N, E]
         topk_weight, topk_idx = probs.max(dim=-1, keepdim=True)  # [N, 1]
-        kept = self._within_capacity(topk_idx[:, 0], real)  # [N]
+        kept = self._within_capacity(topk_idx[:, 0], real, sequences)  # [N]
         topk_weight = torch.where(kept[:, None], topk_weight, 0.0)
         dropped = (real & ~kept).sum()
         aux = RouterAux(topk_idx, real & kept, self.num_experts, dropped)
@@ -190,12 +204,27 @@ class SwitchRouter(Router):
             aux.losses = self.balance_losses(logits, probs, topk_idx, real)
         return RouterOutput(topk_idx, topk_weight, aux)
 
-    def _within_capacity(self, expert: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """bool [N]: real tokens among the first `capacity` real tokens of their expert; padded tokens too
-        (they take no capacity, and their output is never used)."""
+    def _within_capacity(self, expert: torch.Tensor, real: torch.Tensor, sequences) -> torch.Tensor:
+        """bool [N]: real tokens among the first `capacity` real tokens of their expert (in their
+        sequence, with `expert_capacity`); padded tokens too (they take no capacity, and their output is
+        never used)."""
+        if self.expert_capacity is not None:
+            return ~real | (_rank_in_group(sequences[0] * self.num_experts + expert, real) <= self.expert_capacity)
         onehot = F.one_hot(expert, self.num_experts) * real[:, None]  # [N, E]
         position = (onehot.cumsum(0) * onehot).sum(-1)  # [N] 1-based rank of each real token in its expert
         return ~real | (position <= self.capacity(real.sum()))
+
+
+def _rank_in_group(group: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """[N] 1-based rank of each real token among the real tokens of its group (sequence x expert), in
+    token order; a stable sort keeps the order without an [N, groups] one-hot."""
+    group = torch.where(real, group, -1)  # pads form their own group, ranked but never read
+    order = torch.argsort(group, stable=True)
+    ordered = group[order]
+    first = torch.searchsorted(ordered, ordered)  # [N] where each token's group starts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(1, group.numel() + 1, device=group.device) - first
+    return rank
 
 
 class HierarchicalRouter(Router):
@@ -332,56 +361,3 @@ class DeepSeekRouter(Router):
             rate = self.bias_update_rate if gamma is None else gamma
             self.e_score_correction_bias += rate * torch.sign(load.mean() - load)
         self.load_since_update.zero_()
-
-
-ROUTERS = {
-    "softmax_topk": SoftmaxTopKRouter,
-    "noisy_topk": NoisyTopKRouter,
-    "switch": SwitchRouter,
-    "hierarchical": HierarchicalRouter,
-    "deepseek": DeepSeekRouter,
-}
-GROUP_FIELDS = {"n_group": 1, "topk_group": 1}  # shared by softmax_topk (DeepSeek-V2), hierarchical and deepseek
-LOSS_COEF_FIELDS = (
-    "router_aux_loss_coef", "router_z_loss_coef", "router_importance_loss_coef", "router_load_loss_coef",
-    "router_seq_aux_loss_coef", "bias_update_rate",
-)
-
-
-def router_fields() -> dict:
-    """Every router field with its default (the saved config.json holds them flat)."""
-    fields = dict(SHARED_FIELDS, **GROUP_FIELDS)
-    for cls in ROUTERS.values():
-        fields.update(cls.FIELDS)
-    return fields
-
-
-def validate_router_config(config) -> None:
-    """Fill absent router fields with their defaults, then raise a ValueError naming any bad one."""
-    for name, default in router_fields().items():
-        if getattr(config, name, None) is None:
-            setattr(config, name, default)
-    _check(
-        config.router_type in ROUTERS,
-        f"router_type={config.router_type!r} is unknown; valid: {list(ROUTERS)}",
-    )
-    for name in ("capacity_factor", "routed_scaling_factor"):
-        _check(getattr(config, name) > 0, f"{name}={getattr(config, name)!r} must be > 0")
-    for name in LOSS_COEF_FIELDS:
-        _check(getattr(config, name) >= 0, f"{name}={getattr(config, name)!r} must be >= 0")
-    for name in ("n_group", "topk_group"):
-        value = getattr(config, name)
-        _check(isinstance(value, int) and value >= 1, f"{name}={value!r} must be a positive integer")
-    _check(
-        config.topk_group <= config.n_group,
-        f"topk_group={config.topk_group} is larger than n_group={config.n_group}: cannot keep more groups than exist",
-    )
-    _check(
-        config.num_experts % config.n_group == 0,
-        f"num_experts={config.num_experts} is not divisible by n_group={config.n_group}: experts split into equal groups",
-    )
-    ROUTERS[config.router_type].validate(config)
-
-
-def build_router(config) -> Router:
-    return ROUTERS[config.router_type](config)

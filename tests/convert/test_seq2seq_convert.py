@@ -8,6 +8,7 @@ import transformers as T
 from safetensors.torch import load_file, save_file
 
 import hf_llmarch  # noqa: F401  (registers the families)
+from hf_llmarch import compat
 from hf_llmarch.convert import CheckpointError, from_hf, save_from_hf, save_to_hf, to_hf
 from hf_llmarch.models.seq2seq import LlmArchForConditionalGeneration, LlmArchSeq2SeqModel
 
@@ -131,3 +132,43 @@ def test_a_separate_t5_output_layer_is_kept_or_refused_never_dropped():
         assert "lm_head.weight" in str(err)
     else:
         assert torch.equal(native.lm_head.weight, ours.lm_head.weight)
+
+
+SWITCH_SMALL = dict(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=4, num_decoder_layers=2, num_heads=4, num_experts=4,
+                    expert_capacity=3, encoder_sparse_step=2, decoder_sparse_step=1, relative_attention_num_buckets=8,
+                    relative_attention_max_distance=20)
+
+
+def test_switch_transformers_converts_with_its_experts_and_per_sequence_capacity():
+    """Every other encoder layer and every decoder layer routes top-1 to plain ReLU experts, three tokens
+    per expert and sequence: capacity drops happen in this batch, and both sides drop the same tokens."""
+    # transformers before 5.24 drops no token whatever its capacity: compare there with room for all.
+    capacity = 3 if compat.NATIVE_SWITCH_APPLIES_CAPACITY else 64
+    torch.manual_seed(0)
+    native = T.SwitchTransformersForConditionalGeneration(T.SwitchTransformersConfig(**SWITCH_SMALL | dict(expert_capacity=capacity))).eval()
+    ours = from_hf(native)
+    assert ours.config.encoder_layer_pattern == "(attn/mlp attn/moe)x2" and ours.config.layer_pattern == "(attn/moe)x2"
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**_inputs()).logits, native(**_inputs()).logits, rtol=0, atol=1e-4)
+    dropped = sum(layer.mlp.last_dropped_tokens.item() for layer in ours.model.encoder.layers if layer.ffn_type == "moe")
+    assert (dropped > 0) == compat.NATIVE_SWITCH_APPLIES_CAPACITY
+    for beams in (1, 3):
+        assert torch.equal(_generate(ours, beams, 0), _generate(native, beams, 0))
+    back = to_hf(ours)
+    for name, tensor in native.state_dict().items():
+        assert torch.equal(back.state_dict()[name], tensor), name
+    labels = torch.randint(3, 99, (2, 5))
+    out = ours.train()(**{k: v for k, v in _inputs().items() if k != "decoder_input_ids"}, labels=labels)
+    assert out.aux_loss is not None and out.aux_loss > 0  # the routers' losses join the training loss
+
+
+def test_switch_with_untied_stack_embeddings_is_refused():
+    """transformers 5.24 leaves an untied Switch model's encoder, decoder and shared tables apart;
+    ours has one table for both stacks, so the conversion names the table that differs."""
+    torch.manual_seed(0)
+    native = T.SwitchTransformersForConditionalGeneration(T.SwitchTransformersConfig(**SWITCH_SMALL | dict(tie_word_embeddings=False)))
+    shared = native.shared.weight
+    if torch.equal(native.encoder.embed_tokens.weight, shared) and torch.equal(native.decoder.embed_tokens.weight, shared):
+        pytest.skip("this transformers ties the stack tables itself")
+    with pytest.raises(CheckpointError, match="embed_tokens"):
+        from_hf(native)

@@ -9,7 +9,8 @@ from conftest import moe_block_config
 from hf_llmarch.models.dense import LlmArchDenseConfig
 from hf_llmarch.modules.moe import MoEFeedForward, MoEStatsCallback
 from hf_llmarch.modules.moe import BiasUpdateCallback
-from hf_llmarch.modules.routers import DeepSeekRouter, build_router
+from hf_llmarch.modules.router_registry import build_router
+from hf_llmarch.modules.routers import DeepSeekRouter
 
 
 def config(**overrides):
@@ -93,12 +94,27 @@ def test_noisy_topk_noise_only_in_training():
     assert (route(router.eval(), logits).topk_idx == 3).all()
 
 
-def switch_block(capacity_factor=1.0):
-    block = MoEFeedForward(config(router_type="switch", num_experts=2, num_experts_per_tok=1, capacity_factor=capacity_factor))
+def switch_block(capacity_factor=1.0, **fields):
+    block = MoEFeedForward(config(router_type="switch", num_experts=2, num_experts_per_tok=1, capacity_factor=capacity_factor, **fields))
     with torch.no_grad():
         block.gate.weight.copy_(torch.eye(2))  # logits = x
         block.experts.reset_parameters(std=0.5)
     return block
+
+
+def test_switch_expert_capacity_counts_per_sequence_in_eval_too():
+    """Switch Transformers' checkpoints: `expert_capacity` tokens per expert in each sequence (row), in
+    token order, padding excluded; the same in eval, where no loss asks for the sequence ids."""
+    block = switch_block(expert_capacity=2).eval()
+    x = torch.tensor([[2.0, 0], [1, 0], [3, 0], [0, 1], [1.5, 0], [1, 0]])  # experts 0 0 0 1 0 0
+    rows = torch.stack([x, x.flip(0)])  # row 1: experts 0 0 1 0 0 0
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 1, 1]])  # row 1's second token is padding
+    with torch.no_grad():
+        out, _ = block(rows, mask)
+    kept = torch.tensor([[1, 1, 0, 1, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)  # the first 2 real per expert per row
+    real = mask.bool()
+    assert torch.equal((out.abs().sum(-1) > 0)[real], kept[real])
+    assert block.last_dropped_tokens.item() == 3 + 2
 
 
 def test_switch_capacity_drops_in_token_order():
