@@ -37,6 +37,8 @@ class LlmArchBlock(GradientCheckpointingLayer):
         self.residual_multiplier = config.residual_multiplier
         self.residual_in_fp32 = config.residual_in_fp32
         self.post_norm = config.norm_placement == "post"
+        # Most stacks neither scale a branch nor drop out of it in eval: then no call per residual (host time in decode).
+        self.unscaled_branches = self.residual_multiplier == 1.0
 
     @property
     def mixer(self) -> nn.Module:
@@ -55,17 +57,18 @@ class LlmArchBlock(GradientCheckpointingLayer):
         recurrent mixers and sequence-wise router losses (attention gets the same boundaries inside
         its mask)."""
         residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
+        plain = self.unscaled_branches and (self.dropout is None or not self.training)  # a branch joins as it is
         if self.holds_state:
             kwargs["sequence_starts"] = sequence_starts
             if self.mask_type != "linear_attention":  # a par() layer: the 4D mask is its attention's
                 kwargs["token_mask"] = token_mask
         mixer_input = hidden_states if self.post_norm else self._pre_norm(hidden_states, self.input_layernorm)
         hidden_states, _ = self.mixer(mixer_input, attention_mask=attention_mask, **kwargs)
-        hidden_states = residual + self._branch(hidden_states)
+        hidden_states = residual + (hidden_states if plain else self._branch(hidden_states))
         if self.post_norm:
             hidden_states = self.input_layernorm(hidden_states)
         if cross_inputs is not None:
-            hidden_states = self._cross_attend(hidden_states, cross_inputs)
+            hidden_states = self._cross_attend(hidden_states, cross_inputs, plain)
         aux_loss = None
         if self.ffn_type == "none":
             return hidden_states, aux_loss
@@ -78,13 +81,13 @@ class LlmArchBlock(GradientCheckpointingLayer):
             hidden_states = self.mlp(hidden_states, kwargs.get("cache"), token_mask, sequence_starts)
         else:
             hidden_states = self.mlp(hidden_states)
-        hidden_states = residual + self._branch(hidden_states)
+        hidden_states = residual + (hidden_states if plain else self._branch(hidden_states))
         return (self.post_attention_layernorm(hidden_states) if self.post_norm else hidden_states), aux_loss
 
-    def _cross_attend(self, hidden_states, cross_inputs: dict):
+    def _cross_attend(self, hidden_states, cross_inputs: dict, plain: bool):
         norm = self.cross_attn_layernorm
         attended, _ = self.cross_attn(hidden_states if self.post_norm else self._pre_norm(hidden_states, norm), **cross_inputs)
-        hidden_states = hidden_states + self._branch(attended)
+        hidden_states = hidden_states + (attended if plain else self._branch(attended))
         return norm(hidden_states) if self.post_norm else hidden_states
 
     def _pre_norm(self, hidden_states, norm):
