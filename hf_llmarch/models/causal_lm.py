@@ -59,12 +59,17 @@ class LlmArchForCausalLM(LlmArchPreTrainedModel, GenerationMixin):
         masks["linear_attention"] = attention_mask if inputs_embeds.shape[1] > 1 else None
         return masks
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration=False, prefix_mask=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self, *args, attention_mask=None, inputs_embeds=None, is_first_iteration=False, prefix_mask=None, **kwargs
+    ):
         """A prefix LM's prompt is its prefix: the first step gets `prefix_mask` (the caller's, else the
-        prompt's real tokens), every later token is causal and gets none."""
-        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        prompt's real tokens), every later token is causal and gets none. (The base's named arguments
+        stay named: generate() checks its kwargs against this signature.)"""
+        inputs = super().prepare_inputs_for_generation(
+            *args, attention_mask=attention_mask, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
         if self.model.is_prefix_lm and is_first_iteration:
-            padding = kwargs.get("attention_mask")
+            padding = attention_mask
             ids = inputs.get("input_ids")
             shape = (ids if ids is not None else inputs["inputs_embeds"]).shape[:2]
             if prefix_mask is None:
