@@ -247,8 +247,10 @@ class LlmArchModel(LlmArchPreTrainedModel):
     def _add_relative_bias(self, masks: dict, position_ids, cache, seq_len: int, dtype) -> dict:
         """T5's learned relative-position bias, computed once per forward and added to the
         self-attention mask (as an additive float mask) of every layer."""
-        bias = self.relative_position_bias(position_ids, self._past_length(cache) + seq_len).to(dtype)  # [1 or B, H, T, S]
         mask = masks["full_attention"]
+        # Keys as the mask counts them: a static cache's mask spans all its slots, not only the filled ones.
+        key_length = mask.shape[-1] if mask is not None else self._past_length(cache) + seq_len
+        bias = self.relative_position_bias(position_ids, key_length).to(dtype)  # [1 or B, H, T, S]
         if mask is not None:
             bias = bias + (mask if mask.is_floating_point() else torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype))
         return masks | {"full_attention": bias}

@@ -186,3 +186,12 @@ def test_trains_with_gradient_checkpointing_saves_loads_and_takes_lora(variant, 
 def test_bad_encoder_decoder_configs_are_named(build, field):
     with pytest.raises(ValueError, match=field):
         build()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_static_cache_generates_the_dynamic_cache_tokens(variant):
+    """A static cache's masks span all its slots: T5's position bias is sized to them, not to the filled keys."""
+    model, (ids, mask, _) = _model(variant), _batch()
+    dynamic = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    static = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, cache_implementation="static")
+    assert torch.equal(static, dynamic)
