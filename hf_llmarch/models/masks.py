@@ -24,6 +24,11 @@ MASK_BUILDERS = {
 BIDIRECTIONAL_BUILDERS = {"full_attention": create_bidirectional_mask}
 
 
+def real_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] positions counting real tokens only (a left-padded row starts at 0) from a 2D padding mask."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def layer_mask_types(config) -> list[str]:
     """Per layer, the backbone's mask its mixer reads (MASK_OF_LAYER_TYPE of its layer type)."""
     return [MASK_OF_LAYER_TYPE[t] for t in config.layer_types]

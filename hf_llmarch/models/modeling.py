@@ -29,7 +29,7 @@ from ..modules.positions import LlmArchRelativePositionBias, sinusoidal_embeddin
 from ..modules.rotary import LlmArchRotaryEmbedding
 from ..topology import check_attention_implementation, shared_block_of_layer
 from .block import LlmArchBlock
-from .masks import build_attention_masks, layer_mask_types
+from .masks import build_attention_masks, layer_mask_types, real_token_positions
 
 logger = logging.getLogger("hf_llmarch")
 _logged_attention = set()
@@ -327,7 +327,7 @@ class LlmArchModel(LlmArchPreTrainedModel):
         Learned absolute positions count real tokens only ([B, T] from a 2D padding mask, as
         generate() does), so a left-padded row equals its unpadded self; native GPT-2 does not."""
         if hasattr(self, "embed_positions") and isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
-            return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
+            return real_token_positions(attention_mask)[:, -seq_len:]
         past = self._past_length(cache)
         if isinstance(past, torch.Tensor):
             return (torch.arange(seq_len, device=device) + past).unsqueeze(0)

@@ -23,9 +23,10 @@ from transformers.utils.generic import can_return_tuple
 
 from .. import compat
 from ..configuration import LlmArchConfig
+from ..data.masking import IGNORE_INDEX
+from .masks import real_token_positions
 from .modeling import LlmArchModel, LlmArchPreTrainedModel
 
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -138,7 +139,8 @@ class LlmArchSeq2SeqModel(LlmArchPreTrainedModel):
         """`attention_mask` is the encoder's padding mask; `encoder_outputs` (generate() passes them)
         skip the encoder (and its router losses, which the call that ran it returned)."""
         cache = compat.resolve_cache(cache, past_key_values)
-        encoder_positions = _real_positions(attention_mask, input_ids if input_ids is not None else inputs_embeds)
+        # The input's real-token positions, also when generate() passes the encoder's outputs instead.
+        encoder_positions = real_token_positions(attention_mask) if attention_mask is not None else None
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
@@ -173,13 +175,6 @@ class LlmArchSeq2SeqModel(LlmArchPreTrainedModel):
         length = (decoder_ids if decoder_ids is not None else decoder_embeds).shape[1]
         past = cache.get_seq_length() if cache is not None else 0
         return lengths[:, None].long() + past + torch.arange(length, device=encoder_states.device)[None]
-
-
-def _real_positions(attention_mask, inputs) -> torch.Tensor | None:
-    """[B, S] positions counting real tokens only (a left-padded row starts at 0), or None unpadded."""
-    if attention_mask is None or inputs is None:
-        return None
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class LlmArchForConditionalGeneration(LlmArchPreTrainedModel, GenerationMixin):

@@ -195,3 +195,19 @@ def test_static_cache_generates_the_dynamic_cache_tokens(variant):
     dynamic = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
     static = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, cache_implementation="static")
     assert torch.equal(static, dynamic)
+
+
+def test_redllm_decodes_a_left_padded_input_from_its_encoder_outputs_as_the_row_alone():
+    """generate() hands the decoder the encoder's outputs, not its ids: the cross-attention keys must
+    still turn by the input's real-token positions."""
+    model, (ids, _, labels) = _model("redllm"), _batch()
+    padded = torch.cat([torch.zeros(1, 2, dtype=ids.dtype), ids[:1]], dim=1)
+    mask = torch.cat([torch.zeros(1, 2, dtype=ids.dtype), torch.ones_like(ids[:1])], dim=1)
+    decoder_ids = model.prepare_decoder_input_ids_from_labels(labels[:1])
+    with torch.no_grad():
+        encoded = model.get_encoder()(input_ids=padded, attention_mask=mask)
+        batched = model(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        alone = model(input_ids=ids[:1], decoder_input_ids=decoder_ids).logits
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
+    generated = model.generate(input_ids=padded, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    assert torch.equal(generated, model.generate(input_ids=ids[:1], max_new_tokens=6, do_sample=False))
