@@ -49,10 +49,6 @@ def validate_topology(config) -> None:
         _check_relative_buckets(config)
 
 
-def is_causal_stack(config) -> bool:
-    return config.attention_mask_kind == "causal"
-
-
 def shared_block_of_layer(config) -> list[int]:
     """Per layer, the index of the block it runs (identity without cross-layer sharing)."""
     layers, groups = config.num_hidden_layers, config.num_layer_groups or config.num_hidden_layers

@@ -9,8 +9,6 @@ BART: post-norm with biases, learned positions offset by 2, a norm on the embedd
 on full state-dict keys; the first that matches applies.
 """
 
-import torch
-
 from ..pattern import compress_pattern
 
 SOURCES = ("t5", "switch_transformers", "bart")
@@ -261,7 +259,3 @@ def _t5_like_native(config, encoder_layers: int) -> dict:
 def _t5_act(hidden_act: str) -> str:
     """T5 names gated GELU 'gated-gelu' and means gelu_new."""
     return "gelu" if hidden_act == "gelu_new" else hidden_act
-
-
-def final_logits_bias_from(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.reshape(-1)  # [1, V] -> [V]

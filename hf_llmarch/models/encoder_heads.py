@@ -18,10 +18,10 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils.generic import can_return_tuple
 
+from ..data.masking import IGNORE_INDEX
 from .encoder import LlmArchEncoderConfig, LlmArchEncoderModel
 from .modeling import LlmArchPreTrainedModel
 
-IGNORE_INDEX = -100
 
 
 @dataclass
